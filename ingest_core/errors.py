@@ -1,0 +1,167 @@
+"""The one exception tree of fanout-ingest.
+
+::
+
+    IngestError
+     ├── InvalidEventError (ValueError)     bad event, options or flags; names every field
+     ├── SecretResolutionError               a secret_headers reference could not be resolved
+     ├── FetchError                          one HTTP attempt failed
+     │    ├── FetchTimeout (TimeoutError)    connect or read timeout
+     │    ├── FetchConnectionError (ConnectionError)
+     │    ├── HTTPStatusError                a non-2xx answer
+     │    ├── TruncatedBody                  fewer bytes than Content-Length, or a reset mid-body
+     │    ├── BodyTooLarge                   more than max_body_bytes
+     │    ├── InvalidBody                    expect_json and the body is not JSON/NDJSON
+     │    └── BlockedError (PermissionError) SSRF guard, scheme or allow-list refusal
+     ├── WriteError                          storing a body failed
+     │    └── S3WriteError                   an S3 call failed after botocore's retries
+     ├── DeadlineExceeded (TimeoutError)     the invocation ran out of time
+     └── PartialFailureError                 fail_on_error and some item failed
+
+Per-item failures never escape the engine as exceptions: each becomes an
+``ItemResult`` carrying a ``FailureKind``. The tree exists so that the fetcher
+and writers can say *why* an attempt failed in one vocabulary, and so that
+callers can catch ``IngestError`` for everything the tool itself raises.
+Programming errors (``TypeError``, ``AssertionError``) stay outside the tree.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class FailureKind(StrEnum):
+    """The closed set of reasons an item did not land (DESIGN §6)."""
+
+    HTTP_STATUS = "http_status"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    TRUNCATED = "truncated"
+    BODY_TOO_LARGE = "body_too_large"
+    INVALID_BODY = "invalid_body"
+    BLOCKED = "blocked"
+    S3_ERROR = "s3_error"
+    DEADLINE = "deadline"
+
+
+class IngestError(Exception):
+    """Base of every error fanout-ingest raises on purpose."""
+
+
+class InvalidEventError(IngestError, ValueError):
+    """The event (or options, or CLI flags) is invalid; lists every offending field."""
+
+    def __init__(self, problems: list[tuple[str, str]] | str) -> None:
+        if isinstance(problems, str):
+            problems = [("event", problems)]
+        self.problems: list[tuple[str, str]] = problems
+        super().__init__(self._render(problems))
+
+    @staticmethod
+    def _render(problems: list[tuple[str, str]]) -> str:
+        lines = [f"{field}: {reason}" for field, reason in problems]
+        return "invalid event: " + "; ".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The problems as a JSON-friendly list, for CLI and Lambda error payloads."""
+        return {"errors": [{"field": f, "reason": r} for f, r in self.problems]}
+
+
+class SecretResolutionError(IngestError):
+    """A ``secret_headers`` reference could not be resolved (the value is never shown)."""
+
+
+class FetchError(IngestError):
+    """One HTTP attempt failed."""
+
+    kind: FailureKind = FailureKind.CONNECTION
+    retryable: bool = True
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FetchTimeout(FetchError, TimeoutError):
+    """A connect or read timeout expired."""
+
+    kind = FailureKind.TIMEOUT
+
+
+class FetchConnectionError(FetchError, ConnectionError):
+    """The connection could not be made or was lost."""
+
+    kind = FailureKind.CONNECTION
+
+
+class HTTPStatusError(FetchError):
+    """The API answered with a status that is not a success."""
+
+    kind = FailureKind.HTTP_STATUS
+
+    def __init__(
+        self, message: str, *, status: int, retryable: bool, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+
+
+class TruncatedBody(FetchError):
+    """The body ended before ``Content-Length`` bytes, or the connection broke mid-body."""
+
+    kind = FailureKind.TRUNCATED
+
+
+class BodyTooLarge(FetchError):
+    """The body is larger than ``max_body_bytes``."""
+
+    kind = FailureKind.BODY_TOO_LARGE
+    retryable = False
+
+
+class InvalidBody(FetchError):
+    """``expect_json`` is on and a 2xx body is neither JSON nor NDJSON."""
+
+    kind = FailureKind.INVALID_BODY
+    retryable = False
+
+
+class BlockedError(FetchError, PermissionError):
+    """The URL or the address it resolves to is refused by the security policy."""
+
+    kind = FailureKind.BLOCKED
+    retryable = False
+
+
+class WriteError(IngestError):
+    """Storing a body failed."""
+
+    kind: FailureKind = FailureKind.S3_ERROR
+    retryable: bool = False
+
+
+class S3WriteError(WriteError):
+    """An S3 call failed after botocore-style retries."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DeadlineExceeded(IngestError, TimeoutError):
+    """The invocation's deadline arrived before the item could finish."""
+
+    kind = FailureKind.DEADLINE
+
+
+class PartialFailureError(IngestError):
+    """``fail_on_error`` is set and at least one item failed; carries the result."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        self.result = result
+        super().__init__(
+            f"{result.get('failed', 0)} failed, {result.get('not_attempted', 0)} not attempted"
+            f" of {result.get('requested', 0)} (manifest: {result.get('manifest_key')})"
+        )
