@@ -1,0 +1,41 @@
+"""AWS Lambda adapter: event -> job -> engine -> response. Deliberately thin.
+
+Event loop: the Lambda runtime calls this function synchronously, one event at a
+time. One ``asyncio.Runner`` lives for the whole process, so warm invocations
+reuse its loop; the aioboto3 session (costly to build) is module state in
+``ingest_core.runtime``, while clients and pools are made per run because their
+size follows the event's ``concurrency``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+
+from ingest_core import PartialFailureError, parse_event, resolve_secret_headers
+from ingest_core.observability import publish_metrics, summary
+from ingest_core.runtime import execute
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "fanout-ingest")
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FanoutIngest"))
+_runner = asyncio.Runner()
+
+
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Ingest one event; returns the result of DESIGN §6 or raises ``IngestError``."""
+    job = parse_event(event, default_request_id=getattr(context, "aws_request_id", None))
+    logger.append_keys(request_id=job.request_id, source_id=job.api.source_id)
+    deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000
+    headers = {**job.api.headers, **resolve_secret_headers(job.api.secret_headers)}
+    outcome = _runner.run(execute(job, headers=headers, deadline=deadline))
+    publish_metrics(metrics, outcome.result, outcome.latencies_ms)
+    logger.info("ingest summary", extra=summary(outcome.result))
+    if job.options.fail_on_error and outcome.result["status"] != "SUCCESS":
+        raise PartialFailureError(outcome.result)
+    return outcome.result

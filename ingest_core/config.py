@@ -1,0 +1,71 @@
+"""Run options (DESIGN §4): frozen, keyword-only, validated once.
+
+Defaults are named module constants so the CLI, the README and the tests quote
+one source. Explicit values (event ``options``, CLI flags) beat the defaults;
+nothing here reads the environment (that is ``netguard.NetPolicy.from_env`` and
+``settings.Settings.from_env``).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_CONCURRENCY = 64
+MAX_CONCURRENCY = 1024
+DEFAULT_MAX_ATTEMPTS = 4
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 30.0
+DEFAULT_ATTEMPT_TIMEOUT_S = 300.0
+DEFAULT_RATE_LIMIT_PER_S = 0.0
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024 * 1024
+DEFAULT_PART_SIZE_MB = 8
+MIN_PART_SIZE_MB = 5  # S3's floor for every part but the last
+MAX_PART_SIZE_MB = 5 * 1024
+DEFAULT_MEMORY_BUDGET_MB = 256
+DEFAULT_DEADLINE_MARGIN_S = 5.0
+MAX_FAILURES_IN_RESULT = 1000
+
+MIB = 1024 * 1024
+
+
+class Options(BaseModel):
+    """Per-run options; every field can be set per event and per CLI flag."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+    concurrency: int = Field(DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY)
+    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=20)
+    connect_timeout_s: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0, le=300)
+    read_timeout_s: float = Field(DEFAULT_READ_TIMEOUT_S, gt=0, le=900)
+    # Not in DESIGN §4's table: without a cap per attempt, a server dripping one
+    # byte a second never trips the read timeout and holds a slot until the deadline.
+    attempt_timeout_s: float = Field(DEFAULT_ATTEMPT_TIMEOUT_S, gt=0, le=900)
+    rate_limit_per_s: float = Field(DEFAULT_RATE_LIMIT_PER_S, ge=0)
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
+    part_size_mb: int = Field(DEFAULT_PART_SIZE_MB, ge=MIN_PART_SIZE_MB, le=MAX_PART_SIZE_MB)
+    memory_budget_mb: int = Field(DEFAULT_MEMORY_BUDGET_MB, ge=1)
+    deadline_margin_s: float = Field(DEFAULT_DEADLINE_MARGIN_S, ge=0)
+    compress: bool = False
+    skip_existing: bool = False
+    expect_json: bool = True
+    fail_on_error: bool = False
+
+    @model_validator(mode="after")
+    def _budget_holds_a_part(self) -> Options:
+        # A budget smaller than one part could never let a multipart body through.
+        if self.memory_budget_mb < self.part_size_mb:
+            raise ValueError(
+                f"memory_budget_mb ({self.memory_budget_mb}) must be at least"
+                f" part_size_mb ({self.part_size_mb})"
+            )
+        return self
+
+    @property
+    def part_size(self) -> int:
+        """Multipart part size in bytes."""
+        return self.part_size_mb * MIB
+
+    @property
+    def memory_budget(self) -> int:
+        """Memory budget in bytes."""
+        return self.memory_budget_mb * MIB

@@ -1,0 +1,391 @@
+"""The fan-out: every item of a job fetched and written under one semaphore.
+
+``run_job`` never raises because items failed: each item ends as an
+``ItemResult`` (written, skipped, failed with a kind, or not attempted) and the
+result's counts always add up. Its I/O seams (the API session and the writer)
+are parameters, so tests and benchmarks swap them without patching.
+
+Deadline: no item starts after ``deadline - deadline_margin_s``; items still in
+flight at ``deadline - deadline_margin_s / 2`` are cancelled (their uploads
+aborted) and reported as not attempted with kind ``deadline``, leaving the rest
+of the margin to write the manifest and return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from ingest_core.errors import (
+    FailureKind,
+    FetchError,
+    FetchTimeout,
+    HTTPStatusError,
+    WriteError,
+)
+from ingest_core.events import Job, PlannedItem
+from ingest_core.fetcher import (
+    FetchRequest,
+    encode_params,
+    iter_body,
+    make_http_session,
+    open_response,
+)
+from ingest_core.keys import params_hash
+from ingest_core.limits import ByteBudget, TokenBucket
+from ingest_core.results import ItemResult, ItemStatus, Tally
+from ingest_core.retry import backoff_s
+from ingest_core.settings import Settings
+from ingest_core.transfer import BodyInfo, Stored, transfer
+from ingest_core.writers import ObjectMeta, ObjectWriter
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+MANIFEST_CONTENT_TYPE = "application/x-ndjson"
+ItemCallback = Callable[[ItemResult], None]
+
+
+@dataclass(slots=True)
+class _Clock:
+    """When to stop starting items and when to cancel the ones in flight."""
+
+    stop_starting: float
+    hard_stop: float
+    stopping: bool = False
+    reason: str = "cancelled at the deadline"
+
+    @classmethod
+    def for_deadline(cls, deadline: float | None, margin_s: float) -> _Clock:
+        if deadline is None:
+            return cls(float("inf"), float("inf"))
+        return cls(deadline - margin_s, deadline - margin_s / 2)
+
+    def may_start(self) -> bool:
+        return not self.stopping and time.monotonic() < self.stop_starting
+
+
+@dataclass(slots=True)
+class _Run:
+    """Everything one run shares between its workers."""
+
+    job: Job
+    http: aiohttp.ClientSession
+    writer: ObjectWriter
+    settings: Settings
+    headers: Mapping[str, str]
+    clock: _Clock
+    tally: Tally
+    on_item: ItemCallback | None
+    budget: ByteBudget = field(init=False)
+    bucket: TokenBucket = field(init=False)
+    inflight: set[asyncio.Task[ItemResult]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.budget = ByteBudget(self.job.options.memory_budget)
+        self.bucket = TokenBucket(self.job.options.rate_limit_per_s)
+
+    def record(self, result: ItemResult) -> None:
+        self.tally.add(result)
+        if self.on_item is not None:
+            self.on_item(result)
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """The result dict plus what the CLI needs beyond it."""
+
+    result: dict[str, Any]
+    manifest_uri: str | None
+    latencies_ms: list[int]
+
+
+def manifest_key_for(job: Job, first_index: int | None, last_index: int | None) -> str:
+    """``{source_id}/_manifests/{request_id}.json``; Map batches add their index range.
+
+    Every batch of one Distributed Map execution shares the execution name as
+    its request id, so without the range their manifests would overwrite each other.
+    """
+    name = job.request_id
+    if job.is_map_batch and first_index is not None:
+        name = f"{name}-{first_index}-{last_index}"
+    return f"{job.api.source_id}/_manifests/{name}.json"
+
+
+async def run_job(
+    job: Job,
+    *,
+    writer: ObjectWriter,
+    http: aiohttp.ClientSession | None = None,
+    settings: Settings | None = None,
+    headers: Mapping[str, str] | None = None,
+    deadline: float | None = None,
+    on_item: ItemCallback | None = None,
+    write_manifest: bool = True,
+    stop: asyncio.Event | None = None,
+) -> RunOutcome:
+    """Fetch and store every item of ``job``.
+
+    Args:
+        job: the validated job.
+        writer: where bodies go (S3 or a local folder).
+        http: the API session; by default one sized by ``concurrency`` and guarded.
+        settings: the environment's settings; read from it by default.
+        headers: request headers with secret references already resolved.
+        deadline: ``time.monotonic()`` value by which the run must have returned.
+        on_item: called with every item's result (progress bars, metrics).
+        write_manifest: store the manifest beside the objects.
+        stop: set it to stop early (Ctrl-C): nothing new starts, uploads in
+            flight are aborted, and those items are reported as not attempted.
+    """
+    settings = settings or Settings.from_env()
+    started = time.monotonic()
+    own_http = http is None
+    if http is None:
+        http = make_http_session(
+            concurrency=job.options.concurrency, policy=settings.policy,
+            connect_timeout_s=job.options.connect_timeout_s,
+            read_timeout_s=job.options.read_timeout_s,
+        )
+    run = _Run(
+        job=job, http=http, writer=writer, settings=settings,
+        headers=dict(headers if headers is not None else job.api.headers),
+        clock=_Clock.for_deadline(deadline, job.options.deadline_margin_s),
+        tally=Tally(requested=job.requested), on_item=on_item,
+    )
+    try:
+        span = await _fan_out(run, stop)
+        return await _finish(run, span, started, write_manifest)
+    finally:
+        run.tally.close()
+        if own_http:
+            await http.close()
+
+
+async def _fan_out(run: _Run, stop: asyncio.Event | None) -> tuple[int | None, int | None]:
+    items = _tracking(run.job.items())
+    workers = [
+        asyncio.create_task(_worker(run, items)) for _ in range(run.job.options.concurrency)
+    ]
+    # Wake on whichever comes first: every worker done, a stop request, the hard stop.
+    all_done = asyncio.create_task(asyncio.wait(workers))
+    waited: list[asyncio.Task[Any]] = [all_done]
+    if stop is not None:
+        waited.append(asyncio.create_task(stop.wait()))
+    remaining = run.clock.hard_stop - time.monotonic()
+    timeout = None if remaining == float("inf") else max(0.0, remaining)
+    try:
+        await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if stop is not None and stop.is_set():
+            run.clock.reason = "interrupted"
+        if not all(worker.done() for worker in workers):
+            _stop_now(run)
+        await asyncio.gather(*workers)
+    finally:
+        for task in waited:
+            task.cancel()
+    return items.first, items.last
+
+
+def _stop_now(run: _Run) -> None:
+    run.clock.stopping = True
+    for task in list(run.inflight):
+        task.cancel()
+
+
+class _tracking(Iterator[PlannedItem]):  # noqa: N801 - an iterator, used like a function
+    """Shares one lazy plan between the workers and remembers the index span."""
+
+    def __init__(self, items: Iterator[PlannedItem]) -> None:
+        self._items = items
+        self.first: int | None = None
+        self.last: int | None = None
+
+    def __next__(self) -> PlannedItem:
+        item = next(self._items)
+        self.first = item.index if self.first is None else min(self.first, item.index)
+        self.last = item.index if self.last is None else max(self.last, item.index)
+        return item
+
+
+async def _worker(run: _Run, items: Iterator[PlannedItem]) -> None:
+    for item in items:
+        if not run.clock.may_start():
+            run.record(_not_attempted(run, item))
+            continue
+        task = asyncio.create_task(_process(run, item))
+        run.inflight.add(task)
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            if not run.clock.stopping:
+                raise
+            result = await _settled(run, item, task)
+        except Exception as exc:  # a bug must not lose the item: report it
+            log.exception("unexpected error on item %s", item.index)
+            result = _failed(item, _key(run, item), exc, attempts=1, started=time.monotonic())
+        finally:
+            run.inflight.discard(task)
+        run.record(result)
+
+
+async def _settled(run: _Run, item: PlannedItem, task: asyncio.Task[ItemResult]) -> ItemResult:
+    """Wait for a cancelled item to finish aborting, then report it as not attempted."""
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return _not_attempted(run, item, f"{run.clock.reason}; any upload was aborted")
+
+
+def _not_attempted(run: _Run, item: PlannedItem, why: str | None = None) -> ItemResult:
+    return ItemResult(
+        index=item.index, params=item.params, key=_key(run, item),
+        status=ItemStatus.NOT_ATTEMPTED, kind=FailureKind.DEADLINE,
+        error=why or f"not started: {run.clock.reason}",
+    )
+
+
+def _key(run: _Run, item: PlannedItem) -> str:
+    suffix = ".gz" if run.job.options.compress else ""
+    return run.job.api.template.render(
+        source_id=run.job.api.source_id, request_id=run.job.request_id,
+        index=item.index, params=item.params, suffix=suffix,
+    )
+
+
+async def _process(run: _Run, item: PlannedItem) -> ItemResult:
+    key = _key(run, item)
+    started = time.monotonic()
+    if run.job.options.skip_existing:
+        try:
+            if await run.writer.exists(key):
+                return ItemResult(item.index, item.params, key, ItemStatus.SKIPPED)
+        except WriteError as exc:
+            return _failed(item, key, exc, attempts=0, started=started)
+    return await _attempts(run, item, key, started)
+
+
+async def _attempts(run: _Run, item: PlannedItem, key: str, started: float) -> ItemResult:
+    options = run.job.options
+    error: Exception | None = None
+    for attempt in range(1, options.max_attempts + 1):
+        await run.bucket.acquire()
+        try:
+            async with asyncio.timeout(options.attempt_timeout_s):
+                stored = await _attempt(run, item, key)
+        except FetchError as exc:
+            error = exc
+        except TimeoutError:
+            error = FetchTimeout(f"attempt took longer than {options.attempt_timeout_s}s")
+        except WriteError as exc:
+            return _failed(item, key, exc, attempts=attempt, started=started)
+        else:
+            return _written(item, key, stored, attempt, started)
+        delay = _retry_delay(run, error, attempt)
+        if delay is None:
+            return _failed(item, key, error, attempts=attempt, started=started)
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable: the last attempt always returns")
+
+
+def _retry_delay(run: _Run, error: Exception, attempt: int) -> float | None:
+    """Seconds to wait before the next attempt, or None to give up now."""
+    if not getattr(error, "retryable", False) or attempt >= run.job.options.max_attempts:
+        return None
+    delay = backoff_s(attempt)
+    if isinstance(error, HTTPStatusError) and error.retry_after_s is not None:
+        delay = max(delay, error.retry_after_s)
+    if time.monotonic() + delay >= run.clock.stop_starting:
+        return None  # Retry-After honoured only within the deadline
+    return delay
+
+
+async def _attempt(run: _Run, item: PlannedItem, key: str) -> Stored:
+    request = FetchRequest(
+        url=run.job.api.endpoint, params=encode_params(item.params), headers=run.headers,
+        secret_header_names=frozenset(run.job.api.secret_headers),
+    )
+    async with open_response(run.http, request, run.settings.policy) as response:
+        info = _body_info(response)
+        meta = _object_meta(run, item, info)
+        return await transfer(
+            iter_body(response, READ_CHUNK), info, writer=run.writer, key=key, meta=meta,
+            options=run.job.options, budget=run.budget, records_path=run.job.api.records_path,
+        )
+
+
+def _body_info(response: aiohttp.ClientResponse) -> BodyInfo:
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    return BodyInfo(
+        content_length=response.content_length,
+        content_type=response.headers.get("Content-Type"),
+        encoded=encoding not in ("", "identity"),
+    )
+
+
+def _object_meta(run: _Run, item: PlannedItem, info: BodyInfo) -> ObjectMeta:
+    # Never a header value of the API request: those may be credentials.
+    metadata = {
+        "source-id": run.job.api.source_id,
+        "request-id": run.job.request_id,
+        "index": str(item.index),
+        "params-hash": params_hash(item.params),
+    }
+    return ObjectMeta(
+        content_type=(info.content_type or "application/json").split(",")[0].strip()[:200],
+        content_encoding="gzip" if run.job.options.compress else None,
+        metadata=metadata,
+    )
+
+
+def _written(item: PlannedItem, key: str, stored: Stored, attempts: int, started: float) -> ItemResult:
+    return ItemResult(
+        index=item.index, params=item.params, key=key, status=ItemStatus.WRITTEN,
+        attempts=attempts, bytes=stored.received, stored_bytes=stored.stored,
+        records=stored.records, latency_ms=_ms_since(started),
+    )
+
+
+def _failed(
+    item: PlannedItem, key: str, error: Exception, *, attempts: int, started: float
+) -> ItemResult:
+    kind = getattr(error, "kind", FailureKind.CONNECTION)
+    status = getattr(error, "status", None)
+    text = str(error)
+    if isinstance(error, HTTPStatusError):
+        text = f"{text} after {attempts} attempt{'s' if attempts != 1 else ''}"
+    return ItemResult(
+        index=item.index, params=item.params, key=key, status=ItemStatus.FAILED,
+        attempts=attempts, latency_ms=_ms_since(started), kind=kind, http_status=status,
+        error=text,
+    )
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+async def _finish(
+    run: _Run, span: tuple[int | None, int | None], started: float, write_manifest: bool
+) -> RunOutcome:
+    manifest_key = manifest_key_for(run.job, *span)
+    manifest_uri: str | None = None
+    if write_manifest:
+        try:
+            await run.writer.put_file(manifest_key, run.tally.manifest_path(), MANIFEST_CONTENT_TYPE)
+            manifest_uri = run.writer.describe(manifest_key)
+        except Exception:
+            # The objects are written; a lost manifest must not turn success into an error.
+            log.exception("could not write the manifest", extra={"manifest_key": manifest_key})
+            manifest_key = None  # type: ignore[assignment]
+    result = run.tally.to_result(
+        request_id=run.job.request_id, source_id=run.job.api.source_id,
+        duration_ms=_ms_since(started), manifest_key=manifest_key if write_manifest else None,
+    )
+    return RunOutcome(result, manifest_uri, list(run.tally.latencies_ms))

@@ -1,0 +1,398 @@
+"""Events (DESIGN §3) -> one validated ``Job``.
+
+Four shapes say what to fetch: ``query_params`` (the original single request),
+``batch``, ``date_range`` and the Distributed Map ``{"BatchInput", "Items"}``.
+``parse_event`` checks everything before any request is made and raises one
+``InvalidEventError`` that names every offending field and why.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import count
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from ingest_core.config import Options
+from ingest_core.errors import InvalidEventError
+from ingest_core.keys import DEFAULT_KEY_TEMPLATE, KeyTemplate
+from ingest_core.netguard import NetPolicy, check_bucket, check_url
+from ingest_core.planner import count_date_range, expand_date_range
+
+MAX_DATE_RANGE_ITEMS = 1_000_000
+SOURCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=/-]{0,254}$")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=+@-]{0,127}$")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+SECRET_REF_RE = re.compile(r"^(secretsmanager:[^#\s]+(#[^#\s]+)?|ssm:/[^\s]+)$")
+SOURCES = ("query_params", "batch", "date_range", "Items")
+
+
+def _check_param_value(value: Any) -> Any:
+    """Accept strings, finite numbers, booleans, or flat lists of those."""
+    if isinstance(value, list):
+        for element in value:
+            _check_scalar(element)
+        return value
+    return _check_scalar(value)
+
+
+def _check_scalar(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite")
+    if value is None or not isinstance(value, str | int | float | bool):
+        raise ValueError(
+            f"must be a string, number, boolean or list of those, not {type(value).__name__}"
+        )
+    return value
+
+
+ParamValue = Annotated[Any, BeforeValidator(_check_param_value)]
+ParamsModel = dict[str, ParamValue]
+
+
+class ApiConfig(BaseModel):
+    """Where to fetch from and where to write to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoint: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    secret_headers: dict[str, str] = Field(default_factory=dict)
+    raw_bucket: str
+    source_id: str
+    key_template: str = DEFAULT_KEY_TEMPLATE
+    records_path: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_allowed(cls, value: str, info: ValidationInfo) -> str:
+        check_url(value, _policy(info))
+        return value
+
+    @field_validator("raw_bucket")
+    @classmethod
+    def _bucket_allowed(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            check_bucket(value, _policy(info))
+        except InvalidEventError as exc:
+            raise ValueError("; ".join(reason for _, reason in exc.problems)) from None
+        return value
+
+    @field_validator("source_id")
+    @classmethod
+    def _source_id_safe(cls, value: str) -> str:
+        if not SOURCE_ID_RE.match(value) or ".." in value.split("/"):
+            raise ValueError(
+                "must be 1-255 characters of letters, digits and ._=/- starting with a"
+                " letter or digit, with no '..' segment"
+            )
+        return value
+
+    @field_validator("key_template")
+    @classmethod
+    def _template_parses(cls, value: str) -> str:
+        KeyTemplate.parse(value)
+        return value
+
+    @field_validator("headers", "secret_headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header_value in value.items():
+            if not HEADER_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if "\r" in header_value or "\n" in header_value:
+                # The value itself is never echoed: it may be a credential.
+                raise ValueError(f"value of {name!r} contains a line break")
+        return value
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_refs(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, ref in value.items():
+            if not SECRET_REF_RE.match(ref):
+                raise ValueError(
+                    f"{name!r} must be a reference (secretsmanager:NAME,"
+                    " secretsmanager:NAME#json_key or ssm:/param/name), never a secret"
+                )
+        return value
+
+    @field_validator("records_path")
+    @classmethod
+    def _records_path_shape(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(not part for part in value.split("."))):
+            raise ValueError("must be dot-separated names, e.g. 'data.items'")
+        return value
+
+    @property
+    def template(self) -> KeyTemplate:
+        """The parsed key template."""
+        return KeyTemplate.parse(self.key_template)
+
+
+class DateRange(BaseModel):
+    """``date_range``: one request per step, inclusive of both ends."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start: str
+    end: str
+    param: str = "date"
+    step: str = "1d"
+    format: str = "%Y-%m-%d"
+    extra_params: ParamsModel = Field(default_factory=dict)
+
+    def expand(self) -> Iterator[dict[str, Any]]:
+        """The params of every step, lazily."""
+        return expand_date_range(
+            self.start, self.end, param=self.param, step=self.step, fmt=self.format,
+            extra_params=self.extra_params,
+        )
+
+    def count(self) -> int:
+        """How many items the range expands to."""
+        return count_date_range(self.start, self.end, step=self.step)
+
+
+class MapItem(BaseModel):
+    """One Distributed Map item: ``{"index": 17, "params": {...}}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int | None = Field(None, ge=0)
+    params: ParamsModel
+
+
+class Event(BaseModel):
+    """The flat event after ``BatchInput`` has been merged in."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_config: ApiConfig
+    options: Options = Field(default_factory=Options)
+    request_id: str | None = None
+    index_offset: int = Field(0, ge=0)
+    query_params: ParamsModel | None = None
+    batch: list[ParamsModel] | None = None
+    date_range: DateRange | None = None
+    Items: list[MapItem] | None = None
+
+    @field_validator("request_id")
+    @classmethod
+    def _request_id_safe(cls, value: str | None) -> str | None:
+        if value is not None and not REQUEST_ID_RE.match(value):
+            raise ValueError(
+                "must be 1-128 ASCII letters, digits and ._:=+@- starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("Items", mode="before")
+    @classmethod
+    def _wrap_bare_items(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [item if _is_wrapped(item) else {"params": item} for item in value]
+
+
+def _is_wrapped(item: Any) -> bool:
+    return isinstance(item, dict) and "params" in item and set(item) <= {"index", "params"}
+
+
+def _policy(info: ValidationInfo) -> NetPolicy:
+    context = info.context or {}
+    policy = context.get("policy")
+    return policy if isinstance(policy, NetPolicy) else NetPolicy.from_env()
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedItem:
+    """One request of a job: its global index and its query parameters."""
+
+    index: int
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A validated event: what to fetch, where to write it and how."""
+
+    api: ApiConfig
+    options: Options
+    request_id: str
+    requested: int
+    plan: Callable[[], Iterator[PlannedItem]]
+    is_map_batch: bool = False
+
+    def items(self) -> Iterator[PlannedItem]:
+        """The planned items, lazily and in index order of the event."""
+        return self.plan()
+
+
+def parse_event(
+    event: Any, *, default_request_id: str | None = None, policy: NetPolicy | None = None
+) -> Job:
+    """Validate an event of any shape and turn it into a ``Job``.
+
+    Args:
+        event: the decoded event.
+        default_request_id: used when the event has no ``request_id``
+            (the Lambda context's ``aws_request_id``).
+        policy: network policy; defaults to the environment's.
+
+    Raises:
+        InvalidEventError: naming every offending field and why.
+    """
+    if not isinstance(event, dict):
+        raise InvalidEventError([("event", f"must be a JSON object, not {type(event).__name__}")])
+    flat, prefix = _flatten(event)
+    model = _validate(flat, prefix, policy or NetPolicy.from_env())
+    request_id = model.request_id or default_request_id
+    problems = _source_problems(model)
+    if request_id is None:
+        problems.append((f"{prefix}request_id", "missing, and no Lambda context to default to"))
+    elif not REQUEST_ID_RE.match(request_id):
+        problems.append((f"{prefix}request_id", f"{request_id!r} is not a safe request id"))
+    if problems or request_id is None:
+        raise InvalidEventError(problems)
+    job = _build_job(model, request_id)
+    _check_keys(job)
+    return job
+
+
+def _flatten(event: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Merge a Distributed Map ``BatchInput`` into the top level."""
+    if "BatchInput" not in event:
+        return event, ""
+    batch_input = event["BatchInput"]
+    if not isinstance(batch_input, dict):
+        raise InvalidEventError([("BatchInput", "must be a JSON object")])
+    rest = {k: v for k, v in event.items() if k != "BatchInput"}
+    clash = sorted(set(batch_input) & set(rest))
+    if clash:
+        raise InvalidEventError([(f"BatchInput.{k}", "also given at top level") for k in clash])
+    return {**batch_input, **rest}, "BatchInput."
+
+
+BATCH_INPUT_FIELDS = frozenset({"api_config", "options", "request_id", "index_offset"})
+
+
+def _validate(flat: dict[str, Any], prefix: str, policy: NetPolicy) -> Event:
+    try:
+        return Event.model_validate(flat, context={"policy": policy})
+    except ValidationError as exc:
+        raise InvalidEventError(_problems(exc, prefix)) from None
+
+
+def _problems(exc: ValidationError, prefix: str) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = error["loc"]
+        path = _path(loc)
+        if prefix and loc and loc[0] in BATCH_INPUT_FIELDS:
+            path = prefix + path
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        problems.append((path or "event", message))
+    return problems
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _source_problems(model: Event) -> list[tuple[str, str]]:
+    given = [name for name in SOURCES if getattr(model, name) is not None]
+    if len(given) == 1:
+        return _range_problems(model)
+    if not given:
+        return [("event", "needs exactly one of query_params, batch, date_range, Items")]
+    return [(name, f"only one of {', '.join(given)} may be given") for name in given]
+
+
+def _range_problems(model: Event) -> list[tuple[str, str]]:
+    if model.date_range is None:
+        return []
+    try:
+        total = model.date_range.count()
+        next(model.date_range.expand())  # surfaces a bad format before any request
+    except ValueError as exc:
+        return [("date_range", str(exc))]
+    if total > MAX_DATE_RANGE_ITEMS:
+        return [("date_range", f"expands to {total} items; at most {MAX_DATE_RANGE_ITEMS}")]
+    return []
+
+
+def _build_job(model: Event, request_id: str) -> Job:
+    offset = model.index_offset
+    plan: Callable[[], Iterator[PlannedItem]]
+    if model.query_params is not None:
+        params = model.query_params
+        plan, requested = (lambda: iter([PlannedItem(offset, params)])), 1
+    elif model.batch is not None:
+        batch = model.batch
+        plan, requested = (lambda: _numbered(batch, offset)), len(batch)
+    elif model.date_range is not None:
+        date_range = model.date_range
+        plan, requested = (lambda: _numbered(date_range.expand(), offset)), date_range.count()
+    else:
+        items = model.Items or []
+        plan, requested = (lambda: _map_items(items, offset)), len(items)
+    return Job(
+        api=model.api_config, options=model.options, request_id=request_id,
+        requested=requested, plan=plan, is_map_batch=model.Items is not None,
+    )
+
+
+def _numbered(params: Any, offset: int) -> Iterator[PlannedItem]:
+    for index, item in zip(count(offset), params, strict=False):
+        yield PlannedItem(index, item)
+
+
+def _map_items(items: list[MapItem], offset: int) -> Iterator[PlannedItem]:
+    for position, item in enumerate(items):
+        index = item.index if item.index is not None else offset + position
+        yield PlannedItem(index, item.params)
+
+
+def _check_keys(job: Job) -> None:
+    """Render every key once: a bad or colliding key fails the event, not an item."""
+    template = job.api.template
+    # Generated indexes are unique, so a template using {index} cannot collide
+    # there; remembering a million keys to prove it would cost memory for nothing.
+    remember = job.is_map_batch or "{index}" not in job.api.key_template
+    seen: dict[str, int] = {}
+    problems: list[tuple[str, str]] = []
+    for item in job.items():
+        try:
+            key = template.render(
+                source_id=job.api.source_id, request_id=job.request_id,
+                index=item.index, params=item.params,
+            )
+        except ValueError as exc:
+            problems.append((f"api_config.key_template (item {item.index})", str(exc)))
+            break
+        if key in seen:
+            problems.append((
+                "api_config.key_template",
+                f"items {seen[key]} and {item.index} map to the same key {key!r}",
+            ))
+            break
+        if remember:
+            seen[key] = item.index
+    if problems:
+        raise InvalidEventError(problems)

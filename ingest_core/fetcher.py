@@ -1,0 +1,221 @@
+"""HTTP side: one pooled aiohttp session, guarded redirects, error translation.
+
+All aiohttp exceptions are translated to the ``FetchError`` family in exactly one
+place, ``translate_client_error`` (tests check that every ``aiohttp.ClientError``
+subclass is covered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from ingest_core.errors import (
+    BlockedError,
+    FetchConnectionError,
+    FetchError,
+    FetchTimeout,
+    HTTPStatusError,
+    TruncatedBody,
+)
+from ingest_core.netguard import GuardedResolver, NetPolicy, check_url
+from ingest_core.retry import is_retryable_status, parse_retry_after
+
+MAX_REDIRECTS = 10
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+DNS_CACHE_TTL_S = 60
+USER_AGENT = "fanout-ingest/0.1 (+https://github.com/fanout-ingest)"
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """One GET: the endpoint, its query and the (already resolved) headers."""
+
+    url: str
+    params: list[tuple[str, str]]
+    headers: Mapping[str, str]
+    secret_header_names: frozenset[str] = frozenset()
+
+
+def make_http_session(
+    *, concurrency: int, policy: NetPolicy, connect_timeout_s: float, read_timeout_s: float
+) -> aiohttp.ClientSession:
+    """The run's one session; its pool is sized by ``concurrency`` (STYLE §7).
+
+    aiohttp's default pool of 100 would silently cap a larger semaphore.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=concurrency,
+        limit_per_host=0,
+        ttl_dns_cache=DNS_CACHE_TTL_S,
+        resolver=GuardedResolver(policy=policy),
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        trust_env=False,  # never route API calls through a proxy from the environment
+        headers={"User-Agent": USER_AGENT},
+        raise_for_status=False,
+    )
+
+
+def encode_params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Query pairs from event params: booleans as true/false, lists as repeated keys."""
+    pairs: list[tuple[str, str]] = []
+    for name, value in params.items():
+        values = value if isinstance(value, list) else [value]
+        pairs.extend((name, _scalar(v)) for v in values)
+    return pairs
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@asynccontextmanager
+async def open_response(
+    session: aiohttp.ClientSession, request: FetchRequest, policy: NetPolicy
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """GET ``request`` following redirects by hand, yielding a 2xx response.
+
+    Redirects are followed here rather than by aiohttp so that every hop is
+    checked against the policy and secret headers never cross origins.
+
+    Raises:
+        FetchError: any failure, already translated.
+    """
+    url = check_url(request.url, policy)
+    headers = dict(request.headers)
+    params: list[tuple[str, str]] | None = request.params
+    for _hop in range(MAX_REDIRECTS + 1):
+        response = await _get(session, url, params, headers)
+        try:
+            if response.status not in REDIRECT_STATUSES:
+                _raise_for_status(response)
+                yield response
+                return
+            next_url = _redirect_target(response, policy)
+        finally:
+            response.release()
+        if next_url.origin() != url.origin():
+            headers = {k: v for k, v in headers.items() if k not in request.secret_header_names}
+        url, params = next_url, None
+    raise HTTPStatusError(
+        f"more than {MAX_REDIRECTS} redirects", status=response.status, retryable=False
+    )
+
+
+async def _get(
+    session: aiohttp.ClientSession,
+    url: URL,
+    params: list[tuple[str, str]] | None,
+    headers: Mapping[str, str],
+) -> aiohttp.ClientResponse:
+    try:
+        return await session.get(url, params=params, headers=headers, allow_redirects=False)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise translate_client_error(exc) from exc
+
+
+def _redirect_target(response: aiohttp.ClientResponse, policy: NetPolicy) -> URL:
+    location = response.headers.get("Location")
+    if not location:
+        raise HTTPStatusError(
+            f"HTTP {response.status} redirect without Location", status=response.status,
+            retryable=False,
+        )
+    return check_url(response.url.join(URL(location)), policy)
+
+
+def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+    if 200 <= response.status < 300:
+        return
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    raise HTTPStatusError(
+        f"HTTP {response.status}",
+        status=response.status,
+        retryable=is_retryable_status(response.status),
+        retry_after_s=retry_after,
+    )
+
+
+async def iter_body(response: aiohttp.ClientResponse, chunk_size: int) -> AsyncIterator[bytes]:
+    """The decoded body in chunks of at most ``chunk_size``, errors translated."""
+    try:
+        async for chunk in response.content.iter_chunked(chunk_size):
+            yield chunk
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        raise translate_client_error(exc, mid_body=True) from exc
+
+
+# Order matters: the first matching class wins, so subclasses come first.
+_TRANSLATIONS: tuple[tuple[type[BaseException], type[FetchError], bool], ...] = (
+    (aiohttp.ClientPayloadError, TruncatedBody, True),
+    (aiohttp.ServerTimeoutError, FetchTimeout, True),
+    (aiohttp.ConnectionTimeoutError, FetchTimeout, True),
+    (aiohttp.SocketTimeoutError, FetchTimeout, True),
+    (aiohttp.ClientConnectorCertificateError, FetchConnectionError, False),
+    (aiohttp.ClientSSLError, FetchConnectionError, False),
+    (aiohttp.ServerFingerprintMismatch, FetchConnectionError, False),
+    (aiohttp.InvalidURL, BlockedError, False),
+    (aiohttp.ClientConnectionResetError, FetchConnectionError, True),
+    (aiohttp.ServerDisconnectedError, FetchConnectionError, True),
+    (aiohttp.ClientConnectorError, FetchConnectionError, True),
+    (aiohttp.ClientOSError, FetchConnectionError, True),
+    (aiohttp.ClientConnectionError, FetchConnectionError, True),
+    (aiohttp.ClientResponseError, FetchConnectionError, True),
+    (aiohttp.ClientError, FetchConnectionError, True),
+    (asyncio.TimeoutError, FetchTimeout, True),
+    (OSError, FetchConnectionError, True),
+)
+
+
+def translate_client_error(exc: BaseException, *, mid_body: bool = False) -> FetchError:
+    """Map an aiohttp (or socket) exception to ours; the one place that does so.
+
+    A connection lost after the body started is ``TruncatedBody``: the bytes we
+    have are not the whole answer. Messages never include header values.
+    """
+    blocked = _blocked_cause(exc)
+    if blocked is not None:
+        return blocked
+    if isinstance(exc, aiohttp.ClientResponseError) and exc.status >= 400:
+        # aiohttp reports malformed answers (e.g. oversized headers) as a 400 it made up.
+        return FetchConnectionError(f"malformed response: {exc.message}")
+    for source, target, retryable in _TRANSLATIONS:
+        if isinstance(exc, source):
+            if mid_body and target is FetchConnectionError:
+                target = TruncatedBody
+            error = target(_describe(exc))
+            error.retryable = retryable
+            return error
+    raise TypeError(f"not an HTTP client error: {exc!r}")  # programming error
+
+
+def _blocked_cause(exc: BaseException) -> BlockedError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BlockedError):
+            return seen
+        nested = getattr(seen, "os_error", None)
+        if isinstance(nested, BlockedError):
+            return nested
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    # aiohttp messages name the host and the OS error; they never carry headers.
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]

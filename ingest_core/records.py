@@ -1,0 +1,65 @@
+"""Counting records in a body (DESIGN §6) and judging whether it is JSON.
+
+A top-level JSON array counts its elements; with ``records_path`` the array at
+that dotted path; NDJSON counts its non-empty lines; any other JSON value counts
+1. A count that cannot be known exactly is ``None``, never a guess.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+JSON_START = frozenset(b'[{"-0123456789tfn')
+HTML_HINTS = (b"<!doctype", b"<html", b"<?xml", b"<")
+
+
+def count_records(body: bytes | bytearray | memoryview, records_path: str | None = None) -> int | None:
+    """How many records ``body`` holds, or ``None`` when it is neither JSON nor NDJSON.
+
+    Args:
+        body: the whole response body.
+        records_path: dotted path to the array of records inside a JSON object.
+    """
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _count_ndjson(bytes(body))
+    return _count_value(value, records_path)
+
+
+def _count_value(value: Any, records_path: str | None) -> int | None:
+    if records_path:
+        value = _at_path(value, records_path)
+        return len(value) if isinstance(value, list) else None
+    return len(value) if isinstance(value, list) else 1
+
+
+def _at_path(value: Any, path: str) -> Any:
+    for name in path.split("."):
+        if not isinstance(value, dict) or name not in value:
+            return None
+        value = value[name]
+    return value
+
+
+def _count_ndjson(body: bytes) -> int | None:
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    if len(lines) < 2:
+        return None  # one unparseable line is not NDJSON, it is garbage
+    try:
+        for line in lines:
+            orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return len(lines)
+
+
+def looks_like_json(first_bytes: bytes, content_type: str | None) -> bool:
+    """Judge a body too large to parse by its content type and first bytes."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media in ("text/html", "application/xhtml+xml", "text/xml", "application/xml"):
+        return False
+    head = first_bytes.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    return bool(head) and head[0] in JSON_START

@@ -1,0 +1,184 @@
+"""Per-item outcomes (values, not exceptions), the manifest and the result (DESIGN §6)."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from ingest_core.config import MAX_FAILURES_IN_RESULT
+from ingest_core.errors import FailureKind
+
+RESULT_FAILURES_BUDGET_BYTES = 192 * 1024  # leaves room under Step Functions' 256 KiB
+MAX_FAILURE_PARAMS_BYTES = 2048
+MAX_ERROR_TEXT = 300
+LATENCY_SAMPLES = 10_000
+
+
+class ItemStatus(StrEnum):
+    """How an item ended."""
+
+    WRITTEN = "written"
+    SKIPPED = "skipped"  # skip_existing found the key already written
+    FAILED = "failed"
+    NOT_ATTEMPTED = "not_attempted"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The outcome of one item; the fan-out records these, it never raises for them."""
+
+    index: int
+    params: Mapping[str, Any]
+    key: str | None
+    status: ItemStatus
+    attempts: int = 0
+    bytes: int = 0
+    stored_bytes: int = 0
+    records: int | None = None
+    latency_ms: int = 0
+    kind: FailureKind | None = None
+    http_status: int | None = None
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Written now or already there."""
+        return self.status in (ItemStatus.WRITTEN, ItemStatus.SKIPPED)
+
+    def manifest_line(self) -> bytes:
+        """One JSON line of the manifest."""
+        line: dict[str, Any] = {
+            "index": self.index, "params": self.params, "key": self.key,
+            "status": self.status.value, "bytes": self.bytes,
+            "stored_bytes": self.stored_bytes, "records": self.records,
+            "attempts": self.attempts, "latency_ms": self.latency_ms,
+        }
+        if self.kind is not None:
+            line.update(kind=self.kind.value, http_status=self.http_status, error=self.error)
+        return orjson.dumps(line) + b"\n"
+
+    def failure_entry(self) -> dict[str, Any]:
+        """The entry in the result's ``failures`` list, enough to re-drive the item."""
+        entry: dict[str, Any] = {
+            "index": self.index, "params": self.params,
+            "kind": self.kind.value if self.kind else None, "status": self.http_status,
+            "attempts": self.attempts, "error": (self.error or "")[:MAX_ERROR_TEXT],
+        }
+        if len(orjson.dumps(self.params)) > MAX_FAILURE_PARAMS_BYTES:
+            entry["params"] = None
+            entry["params_truncated"] = True  # the manifest has them whole
+        return entry
+
+
+@dataclass(slots=True)
+class Tally:
+    """Running counts of a run, with the manifest spooled to a temporary file."""
+
+    requested: int
+    succeeded: int = 0
+    failed: int = 0
+    not_attempted: int = 0
+    skipped: int = 0
+    records: int | None = 0
+    bytes_written: int = 0
+    retries: int = 0
+    latencies_ms: list[int] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures_bytes: int = 0
+    failures_truncated: bool = False
+    manifest: IO[bytes] = field(
+        default_factory=lambda: tempfile.NamedTemporaryFile("w+b", suffix=".jsonl", delete=False)
+    )
+    _seen_latencies: int = 0
+
+    def add(self, result: ItemResult) -> None:
+        """Count one item and append its manifest line."""
+        self.manifest.write(result.manifest_line())
+        self.retries += max(0, result.attempts - 1)
+        if result.succeeded:
+            self._add_success(result)
+        else:
+            self._add_failure(result)
+
+    def _add_success(self, result: ItemResult) -> None:
+        self.succeeded += 1
+        if result.status is ItemStatus.SKIPPED:
+            self.skipped += 1
+            return
+        self.bytes_written += result.stored_bytes
+        self._sample_latency(result.latency_ms)
+        if self.records is not None:
+            self.records = None if result.records is None else self.records + result.records
+
+    def _sample_latency(self, latency_ms: int) -> None:
+        # A bounded reservoir keeps memory flat over a 100,000-item run.
+        self._seen_latencies += 1
+        if len(self.latencies_ms) < LATENCY_SAMPLES:
+            self.latencies_ms.append(latency_ms)
+            return
+        slot = random.randrange(self._seen_latencies)
+        if slot < LATENCY_SAMPLES:
+            self.latencies_ms[slot] = latency_ms
+
+    def _add_failure(self, result: ItemResult) -> None:
+        if result.status is ItemStatus.NOT_ATTEMPTED:
+            self.not_attempted += 1
+        else:
+            self.failed += 1
+        entry = result.failure_entry()
+        size = len(orjson.dumps(entry))
+        full = len(self.failures) >= MAX_FAILURES_IN_RESULT
+        if full or self.failures_bytes + size > RESULT_FAILURES_BUDGET_BYTES:
+            self.failures_truncated = True
+            return
+        self.failures.append(entry)
+        self.failures_bytes += size
+
+    @property
+    def status(self) -> str:
+        """SUCCESS when all succeeded (an empty batch too), FAILED when none did."""
+        if self.succeeded == self.requested:
+            return "SUCCESS"
+        return "FAILED" if self.succeeded == 0 else "PARTIAL_SUCCESS"
+
+    def manifest_path(self) -> Path:
+        """The spooled manifest, flushed, as a file path."""
+        self.manifest.flush()
+        return Path(self.manifest.name)
+
+    def close(self) -> None:
+        """Drop the spooled manifest."""
+        self.manifest.close()
+        Path(self.manifest.name).unlink(missing_ok=True)
+
+    def to_result(
+        self, *, request_id: str, source_id: str, duration_ms: int, manifest_key: str | None
+    ) -> dict[str, Any]:
+        """The JSON-serialisable result of DESIGN §6."""
+        assert self.succeeded + self.failed + self.not_attempted == self.requested, (
+            "counts invariant broken"
+        )
+        return {
+            "status": self.status,
+            "request_id": request_id,
+            "source_id": source_id,
+            "requested": self.requested,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "not_attempted": self.not_attempted,
+            "skipped_existing": self.skipped,
+            "records_ingested": self.records,
+            "bytes_written": self.bytes_written,
+            "retries": self.retries,
+            "duration_ms": duration_ms,
+            "failures": sorted(self.failures, key=lambda f: f["index"]),
+            "failures_truncated": self.failures_truncated,
+            "manifest_key": manifest_key,
+        }

@@ -1,0 +1,72 @@
+"""``secret_headers``: references resolved at run time, never the secrets themselves.
+
+A reference is ``secretsmanager:NAME``, ``secretsmanager:NAME#json_key`` or
+``ssm:/param/name``. Values are fetched with Powertools Parameters, which caches
+them for ``SECRET_CACHE_S`` across warm invocations. No value is ever logged or
+put in an exception message; messages name the header and the reference only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ingest_core.errors import SecretResolutionError
+
+SECRET_CACHE_S = 300
+
+
+def resolve_secret_headers(secret_headers: Mapping[str, str]) -> dict[str, str]:
+    """Resolve every reference to its value.
+
+    Raises:
+        SecretResolutionError: naming the header and reference, never a value.
+    """
+    return {name: _resolve(name, ref) for name, ref in secret_headers.items()}
+
+
+def _resolve(header: str, ref: str) -> str:
+    try:
+        if ref.startswith("ssm:"):
+            return _ssm(ref.removeprefix("ssm:"))
+        name, _, json_key = ref.removeprefix("secretsmanager:").partition("#")
+        return _secret(name, json_key or None)
+    except SecretResolutionError as exc:
+        raise SecretResolutionError(f"secret_headers.{header} ({ref}): {exc}") from None
+    except Exception as exc:
+        # The exception text of a provider may quote what it fetched: name the type only.
+        raise SecretResolutionError(
+            f"secret_headers.{header} ({ref}): could not be resolved ({type(exc).__name__})"
+        ) from None
+
+
+def _ssm(name: str) -> str:
+    from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - cold start
+
+    value = parameters.get_parameter(name, decrypt=True, max_age=SECRET_CACHE_S)
+    return _text(value)
+
+
+def _secret(name: str, json_key: str | None) -> str:
+    from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - cold start
+
+    value = _text(parameters.get_secret(name, max_age=SECRET_CACHE_S))
+    if json_key is None:
+        return value
+    try:
+        document: Any = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise SecretResolutionError("the secret is not a JSON object") from None
+    if not isinstance(document, dict) or json_key not in document:
+        raise SecretResolutionError(f"the secret has no key {json_key!r}")
+    return _text(document[json_key])
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if not isinstance(value, str) or "\r" in value or "\n" in value:
+        raise SecretResolutionError("the value is not a single-line string")
+    return value

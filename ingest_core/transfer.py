@@ -1,0 +1,197 @@
+"""One body, streamed from the API into a writer, within the memory budget.
+
+A body that ends below the part size goes as one PUT, fully parsed first (for
+``expect_json`` and the record count); a larger one goes as a multipart upload in
+parts of exactly ``part_size`` bytes, completed only when every byte arrived (and
+matches ``Content-Length`` when the server sent one), aborted on any error or
+cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ingest_core.config import Options
+from ingest_core.errors import BodyTooLarge, InvalidBody, TruncatedBody
+from ingest_core.limits import ByteBudget
+from ingest_core.records import count_records, looks_like_json
+from ingest_core.writers import MultipartUpload, ObjectMeta, ObjectWriter
+
+log = logging.getLogger(__name__)
+
+# What a body of unknown length may buffer before it must reserve a whole part.
+SMALL_RESERVATION = 256 * 1024
+SNIFF_BYTES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class BodyInfo:
+    """What the response headers said about the body."""
+
+    content_length: int | None
+    content_type: str | None
+    encoded: bool  # a Content-Encoding was decoded, so Content-Length is not the body's
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What a successful transfer wrote."""
+
+    received: int
+    stored: int
+    records: int | None
+    multipart: bool
+
+
+class _Transfer:
+    """State of one transfer; ``run`` is the whole life cycle."""
+
+    def __init__(
+        self, writer: ObjectWriter, key: str, meta: ObjectMeta, options: Options,
+        budget: ByteBudget, records_path: str | None,
+    ) -> None:
+        self.writer, self.key, self.meta, self.options = writer, key, meta, options
+        self.budget, self.records_path = budget, records_path
+        self.part_size = options.part_size
+        self.buf = bytearray()
+        self.raw = bytearray()  # the uncompressed body, while it may still fit one PUT
+        self.received = 0
+        self.stored = 0
+        self.held = 0
+        self.sniff = b""
+        self.keep_raw = True
+        self.upload: MultipartUpload | None = None
+        self.gzip = zlib.compressobj(wbits=31) if options.compress else None
+
+    async def run(self, chunks: AsyncIterator[bytes], info: BodyInfo) -> Stored:
+        first = info.content_length if info.content_length is not None and not info.encoded else None
+        self.held = await self.budget.reserve(min(self.part_size, first or SMALL_RESERVATION))
+        try:
+            async for chunk in chunks:
+                await self._take(chunk)
+            self._check_length(info)
+            return await self._finish(info)
+        except BaseException:
+            await self._abort()
+            raise
+        finally:
+            self.budget.release(self.held)
+            self.held = 0
+
+    async def _take(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.options.max_body_bytes:
+            raise BodyTooLarge(f"body exceeds max_body_bytes ({self.options.max_body_bytes})")
+        if len(self.sniff) < SNIFF_BYTES:
+            self.sniff += chunk[: SNIFF_BYTES - len(self.sniff)]
+        if self.gzip is not None and self.upload is None and self.keep_raw:
+            if len(self.raw) + len(chunk) > self.part_size:
+                # Too big to parse whole: judge it like a multipart body instead.
+                self.keep_raw, self.raw = False, bytearray()
+            else:
+                self.raw += chunk
+        await self._append(self.gzip.compress(chunk) if self.gzip is not None else chunk)
+
+    async def _append(self, data: bytes) -> None:
+        while data:
+            room = self.part_size - len(self.buf)
+            self.buf += data[:room]
+            data = data[room:]
+            await self._grow_reservation()
+            if len(self.buf) >= self.part_size:
+                await self._flush_part()
+
+    async def _grow_reservation(self) -> None:
+        if len(self.buf) + len(self.raw) <= self.held or self.held >= self.part_size:
+            return
+        # Give back before asking for more, so no request waits while holding.
+        self.budget.release(self.held)
+        self.held = 0
+        self.held = await self.budget.reserve(self.part_size)
+
+    async def _flush_part(self) -> None:
+        if self.upload is None:
+            self._judge_large_body()
+            self.upload = await self.writer.start_multipart(self.key, self.meta)
+            self.raw = bytearray()
+        part, self.buf = self.buf, bytearray()
+        await self.upload.upload_part(part)  # type: ignore[arg-type]  # bytearray is fine
+        self.stored += len(part)
+
+    def _judge_large_body(self) -> None:
+        if self.options.expect_json and not looks_like_json(self.sniff, self.meta.content_type):
+            raise InvalidBody("body is not JSON or NDJSON (judged by content type and first bytes)")
+
+    def _check_length(self, info: BodyInfo) -> None:
+        if info.content_length is not None and not info.encoded:
+            if self.received != info.content_length:
+                raise TruncatedBody(
+                    f"received {self.received} of {info.content_length} bytes (Content-Length)"
+                )
+
+    async def _finish(self, info: BodyInfo) -> Stored:
+        if self.gzip is not None:
+            await self._append_tail(self.gzip.flush())
+        if self.upload is None:
+            return await self._put_whole()
+        if self.buf:
+            await self._flush_tail()
+        await self.upload.complete()
+        return Stored(self.received, self.stored, None, multipart=True)
+
+    async def _append_tail(self, data: bytes) -> None:
+        self.buf += data
+        if self.upload is not None and len(self.buf) >= self.part_size:
+            await self._flush_part()
+
+    async def _flush_tail(self) -> None:
+        assert self.upload is not None
+        part, self.buf = self.buf, bytearray()
+        await self.upload.upload_part(part)  # type: ignore[arg-type]
+        self.stored += len(part)
+
+    async def _put_whole(self) -> Stored:
+        if not self.keep_raw:
+            self._judge_large_body()
+            await self.writer.put(self.key, self.buf, self.meta)  # type: ignore[arg-type]
+            return Stored(self.received, len(self.buf), None, multipart=False)
+        raw = self.raw if self.gzip is not None else self.buf
+        records = count_records(raw, self.records_path) if raw else None
+        if self.options.expect_json and records is None:
+            raise InvalidBody("body is not JSON or NDJSON" if raw else "body is empty")
+        await self.writer.put(self.key, self.buf, self.meta)  # type: ignore[arg-type]
+        return Stored(self.received, len(self.buf), records, multipart=False)
+
+    async def _abort(self) -> None:
+        if self.upload is None:
+            return
+        try:
+            # Shielded so that a second cancellation cannot strand the upload.
+            await asyncio.shield(self.upload.abort())
+        except Exception:
+            log.warning("abort of multipart upload failed", extra={"key": self.key}, exc_info=True)
+
+
+async def transfer(
+    chunks: AsyncIterator[bytes],
+    info: BodyInfo,
+    *,
+    writer: ObjectWriter,
+    key: str,
+    meta: ObjectMeta,
+    options: Options,
+    budget: ByteBudget,
+    records_path: str | None = None,
+) -> Stored:
+    """Stream ``chunks`` into ``writer`` under ``key``.
+
+    Raises:
+        FetchError: the body failed (truncated, too large, invalid); nothing kept.
+        WriteError: storing failed; nothing kept.
+    """
+    job = _Transfer(writer, key, meta, options, budget, records_path)
+    return await job.run(chunks, info)

@@ -1,0 +1,388 @@
+"""Where bodies land: S3 (single PUT or multipart) or a local folder.
+
+Both writers keep one promise (DESIGN §7): an object exists under its key only
+when it holds exactly the bytes received. Multipart uploads are completed only by
+the caller after every byte arrived and are aborted on any error or
+cancellation; local files are written to a temporary name and renamed.
+
+S3 single PUTs take a lean path by default: signed with botocore's SigV4 signer
+using the aioboto3 session's (refreshing) credentials and sent on an aiohttp
+session of our own, because ``put_object`` spends about ten times the CPU of the
+request itself on endpoint rules and signing (docs/PERFORMANCE.md has the
+figures). Multipart uploads and HEADs stay on aioboto3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import random
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+from xml.etree import ElementTree
+
+import aiohttp
+from yarl import URL
+
+from ingest_core.errors import S3WriteError
+
+S3_MAX_ATTEMPTS = 3  # botocore's standard retry mode
+S3_BACKOFF_CAP_S = 20.0
+S3_RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
+S3_RETRYABLE_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException",
+    "TransactionInProgressException", "RequestLimitExceeded", "BandwidthLimitExceeded",
+    "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
+    "EC2ThrottledException", "RequestTimeout", "RequestTimeoutException", "InternalError",
+})
+# Answers that mean "this bucket lives elsewhere": botocore's redirector handles them.
+S3_WRONG_REGION_CODES = frozenset({
+    "PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
+    "TemporaryRedirect",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """What is stored beside the bytes; never a header value of the API request."""
+
+    content_type: str = "application/json"
+    content_encoding: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class MultipartUpload(Protocol):
+    """An object being written in parts."""
+
+    async def upload_part(self, data: bytes) -> None:
+        """Store the next part (every part but the last is at least 5 MiB)."""
+
+    async def complete(self) -> None:
+        """Make the object visible with every part in order."""
+
+    async def abort(self) -> None:
+        """Discard every part; safe to call more than once."""
+
+
+class ObjectWriter(Protocol):
+    """The engine's storage seam (STYLE §5)."""
+
+    def describe(self, key: str) -> str:
+        """A URI a person can use to find ``key`` (``s3://…`` or a path)."""
+
+    async def exists(self, key: str) -> bool:
+        """True when an object is already stored under ``key``."""
+
+    async def put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+        """Store a whole object in one request."""
+
+    async def start_multipart(self, key: str, meta: ObjectMeta) -> MultipartUpload:
+        """Begin an object too large for one request."""
+
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        """Store a local file (the manifest)."""
+
+
+# ---------------------------------------------------------------------------- S3
+
+
+class S3Writer:
+    """Writes to one bucket through an aioboto3 client (and a lean PUT path)."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        credentials: Any = None,
+        http: aiohttp.ClientSession | None = None,
+        endpoint_url: str | None = None,
+    ) -> None:
+        """Args:
+        client: an open aioboto3 S3 client (its config carries the retry mode).
+        bucket: the bucket every key goes to.
+        credentials: the aioboto3 session's credentials; with ``http``, enables
+            the lean PUT path.
+        http: an aiohttp session for lean PUTs (not the API's: the S3 endpoint
+            is trusted and must not pass through the SSRF guard).
+        endpoint_url: the operator's S3-compatible endpoint, if any (path-style).
+        """
+        self._client = client
+        self.bucket = bucket
+        self._credentials = credentials
+        self._http = http
+        self.lean = credentials is not None and http is not None
+        self._region = client.meta.region_name or "us-east-1"
+        self._base = _object_base_url(endpoint_url, bucket, self._region)
+
+    def describe(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if _error_status(exc) == 404:
+                return False
+            raise _s3_error("HeadObject", exc) from exc
+        return True
+
+    async def put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+        if self.lean:
+            try:
+                await self._lean_put(key, data, meta)
+                return
+            except _WrongRegion:
+                self.lean = False  # let botocore's redirector find the bucket's region
+        await self._sdk_put(key, data, meta)
+
+    async def start_multipart(self, key: str, meta: ObjectMeta) -> MultipartUpload:
+        try:
+            answer = await self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32", **_sdk_meta(meta)
+            )
+        except Exception as exc:
+            raise _s3_error("CreateMultipartUpload", exc) from exc
+        return S3MultipartUpload(self._client, self.bucket, key, answer["UploadId"])
+
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        """Upload a local file (the manifest) with the SDK."""
+        try:
+            await self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=path.read_bytes(), ContentType=content_type,
+                ChecksumAlgorithm="CRC32",
+            )
+        except Exception as exc:
+            raise _s3_error("PutObject", exc) from exc
+
+    async def _sdk_put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+        try:
+            await self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="CRC32",
+                **_sdk_meta(meta),
+            )
+        except Exception as exc:
+            raise _s3_error("PutObject", exc) from exc
+
+    async def _lean_put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+        for attempt in range(1, S3_MAX_ATTEMPTS + 1):
+            try:
+                await self._lean_put_once(key, data, meta)
+                return
+            except S3WriteError as exc:
+                if not exc.retryable or attempt == S3_MAX_ATTEMPTS:
+                    raise
+            await asyncio.sleep(random.uniform(0, min(S3_BACKOFF_CAP_S, 2 ** (attempt - 1))))
+
+    async def _lean_put_once(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+        assert self._http is not None
+        url = self._base + quote(key, safe="/~")
+        headers = await self._signed_headers(url, data, meta)
+        try:
+            async with self._http.put(URL(url, encoded=True), data=data, headers=headers) as resp:
+                if resp.status == 200:
+                    return
+                raise _lean_error(resp.status, await resp.read())
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            error = S3WriteError(f"PutObject: {type(exc).__name__}: {exc}"[:500])
+            error.retryable = True  # botocore retries connection errors too
+            raise error from exc
+
+    async def _signed_headers(self, url: str, data: bytes, meta: ObjectMeta) -> dict[str, str]:
+        from botocore.auth import S3SigV4Auth  # noqa: PLC0415 - keeps cold start lean
+        from botocore.awsrequest import AWSRequest  # noqa: PLC0415
+
+        frozen = await self._credentials.get_frozen_credentials()
+        headers = _lean_meta_headers(meta)
+        headers["Content-MD5"] = base64.b64encode(hashlib.md5(data).digest()).decode()
+        request = AWSRequest(method="PUT", url=url, data=data, headers=headers)
+        S3SigV4Auth(frozen, "s3", self._region).add_auth(request)
+        return dict(request.headers.items())
+
+
+class S3MultipartUpload:
+    """One multipart upload; parts are sent in order as they fill."""
+
+    def __init__(self, client: Any, bucket: str, key: str, upload_id: str) -> None:
+        self._client, self._bucket, self._key, self._upload_id = client, bucket, key, upload_id
+        self._parts: list[dict[str, Any]] = []
+        self._done = False
+
+    async def upload_part(self, data: bytes) -> None:
+        number = len(self._parts) + 1
+        try:
+            answer = await self._client.upload_part(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                PartNumber=number, Body=data, ChecksumAlgorithm="CRC32",
+            )
+        except Exception as exc:
+            raise _s3_error("UploadPart", exc) from exc
+        part = {"PartNumber": number, "ETag": answer["ETag"]}
+        if answer.get("ChecksumCRC32"):
+            part["ChecksumCRC32"] = answer["ChecksumCRC32"]
+        self._parts.append(part)
+
+    async def complete(self) -> None:
+        try:
+            await self._client.complete_multipart_upload(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        except Exception as exc:
+            raise _s3_error("CompleteMultipartUpload", exc) from exc
+        self._done = True
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            await self._client.abort_multipart_upload(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
+            )
+        except Exception as exc:
+            # The bucket's lifecycle rule reaps what an abort could not.
+            raise _s3_error("AbortMultipartUpload", exc) from exc
+
+
+class _WrongRegion(Exception):
+    """The lean path reached the wrong regional endpoint."""
+
+
+def _object_base_url(endpoint_url: str | None, bucket: str, region: str) -> str:
+    """Path-style under a configured endpoint; virtual-hosted on AWS when the name allows."""
+    if endpoint_url:
+        return f"{endpoint_url.rstrip('/')}/{bucket}/"
+    if "." in bucket:
+        return f"https://s3.{region}.amazonaws.com/{bucket}/"
+    return f"https://{bucket}.s3.{region}.amazonaws.com/"
+
+
+def _sdk_meta(meta: ObjectMeta) -> dict[str, Any]:
+    extra: dict[str, Any] = {"ContentType": meta.content_type, "Metadata": dict(meta.metadata)}
+    if meta.content_encoding:
+        extra["ContentEncoding"] = meta.content_encoding
+    return extra
+
+
+def _lean_meta_headers(meta: ObjectMeta) -> dict[str, str]:
+    headers = {"Content-Type": meta.content_type}
+    if meta.content_encoding:
+        headers["Content-Encoding"] = meta.content_encoding
+    for name, value in meta.metadata.items():
+        headers[f"x-amz-meta-{name}"] = value
+    return headers
+
+
+def _lean_error(status: int, body: bytes) -> Exception:
+    code, message = _parse_s3_error(body)
+    if code in S3_WRONG_REGION_CODES or status == 301:
+        return _WrongRegion(code)
+    error = S3WriteError(f"PutObject: HTTP {status} {code or ''} {message or ''}".strip(), code=code)
+    error.retryable = status in S3_RETRYABLE_STATUSES or code in S3_RETRYABLE_CODES
+    return error
+
+
+def _parse_s3_error(body: bytes) -> tuple[str | None, str | None]:
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return None, None
+    return root.findtext("Code"), root.findtext("Message")
+
+
+def _error_status(exc: Exception) -> int | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return int(status) if status is not None else None
+    return None
+
+
+def _s3_error(operation: str, exc: Exception) -> S3WriteError:
+    """Translate a botocore error (after its own retries) to ``S3WriteError``."""
+    response = getattr(exc, "response", None)
+    code = None
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+    return S3WriteError(f"{operation}: {type(exc).__name__}: {exc}"[:500], code=code)
+
+
+# ------------------------------------------------------------------------- local
+
+
+class LocalDirWriter:
+    """Writes keys as files under a folder, laid out exactly like the S3 keys.
+
+    Every file is written to a hidden temporary name in its final folder and
+    renamed into place, so an interrupted run leaves no partial file under a key.
+    Object metadata is not kept locally.
+    """
+
+    TEMP_PREFIX = ".fanout-tmp-"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def describe(self, key: str) -> str:
+        return str(self._path(key))
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise S3WriteError(f"key {key!r} escapes the destination folder")
+        return path
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    async def put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+        upload = await self.start_multipart(key, meta)
+        try:
+            await upload.upload_part(data)
+            await upload.complete()
+        except BaseException:
+            await upload.abort()
+            raise
+
+    async def start_multipart(self, key: str, meta: ObjectMeta) -> MultipartUpload:
+        return LocalUpload(self._path(key))
+
+    async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        await self.put(key, path.read_bytes(), ObjectMeta(content_type=content_type))
+
+
+class LocalUpload:
+    """A file being written under a temporary name."""
+
+    def __init__(self, final: Path) -> None:
+        self._final = final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self._temp = final.parent / f"{LocalDirWriter.TEMP_PREFIX}{uuid.uuid4().hex}"
+        self._file = self._temp.open("wb")
+
+    async def upload_part(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise S3WriteError(f"write {self._final}: {exc}") from exc
+
+    async def complete(self) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._temp, self._final)
+        except OSError as exc:
+            raise S3WriteError(f"rename to {self._final}: {exc}") from exc
+
+    async def abort(self) -> None:
+        self._file.close()
+        self._temp.unlink(missing_ok=True)
