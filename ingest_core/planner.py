@@ -1,0 +1,248 @@
+"""Date ranges -> request params, lazily (DESIGN §3 ``date_range``).
+
+A range is validated eagerly (bad dates, a bad step, a bad format and an end
+before the start all raise ``ValueError`` at call time) and expanded lazily: a
+range of a million steps costs one item of memory at a time. Counting is
+arithmetic, so the engine can report ``requested`` and refuse oversized plans
+without walking the range.
+
+Time arithmetic is wall-clock arithmetic on the values given. ISO strings carry
+either no offset or a fixed one (``Z``, ``+05:30``), never a named zone, so there
+is no DST to skip or repeat: ``6h`` is always six hours.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Literal, TypeAlias, cast
+
+ParamScalar: TypeAlias = str | int | float | bool
+ParamValue: TypeAlias = str | int | float | bool | list[str | int | float | bool]
+Params: TypeAlias = dict[str, ParamValue]
+
+StepUnit: TypeAlias = Literal["h", "d", "w", "mo"]
+
+_STEP_RE = re.compile(r"(\d+)(h|d|w|mo)")
+_UNIT_US: dict[str, int] = {
+    "h": 3_600_000_000,
+    "d": 86_400_000_000,
+    "w": 7 * 86_400_000_000,
+}
+_ONE_US = timedelta(microseconds=1)
+_DATE_HINT = "an ISO date such as 2025-01-31 or an ISO date-time such as 2025-01-31T00:00:00Z"
+_DATETIME_HINT = "an ISO date-time such as 2025-01-31T00:00:00Z or 2025-01-31T06:00+02:00"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a date range: ``count`` hours, days, weeks or calendar months."""
+
+    count: int
+    unit: StepUnit
+
+    def __str__(self) -> str:
+        return f"{self.count}{self.unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """A validated range: where it starts, how it steps and how many items it has."""
+
+    start: date  # a ``datetime`` too: datetime subclasses date
+    step: Step
+    count: int
+
+    def at(self, k: int) -> date:
+        """The k-th value, computed from the start so month clamping never drifts."""
+        if self.step.unit == "mo":
+            return _add_months(self.start, k * self.step.count)
+        return self.start + k * self.step.count * _UNIT_US[self.step.unit] * _ONE_US
+
+
+def parse_step(text: str) -> Step:
+    """Parse a step such as ``"6h"``, ``"1d"``, ``"2w"`` or ``"3mo"``.
+
+    Args:
+        text: ``N`` followed by ``h``, ``d``, ``w`` or ``mo``, with ``N >= 1``.
+
+    Returns:
+        The parsed step.
+
+    Raises:
+        ValueError: the text is not of that form, or ``N`` is zero.
+    """
+    match = _STEP_RE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(
+            f"step {text!r} is not of the form N followed by h, d, w or mo (e.g. 1d, 6h, 2w, 1mo)"
+        )
+    count = int(match.group(1))
+    if count < 1:
+        raise ValueError(f"step {text!r} must be at least 1")
+    return Step(count, cast(StepUnit, match.group(2)))
+
+
+def count_date_range(start: str, end: str, *, step: str = "1d") -> int:
+    """Count the items ``expand_date_range`` would yield, without iterating.
+
+    Args:
+        start: First value (inclusive); see ``expand_date_range`` for formats.
+        end: Last possible value (inclusive).
+        step: ``Nh``, ``Nd``, ``Nw`` or ``Nmo``.
+
+    Returns:
+        The number of items, at least 1.
+
+    Raises:
+        ValueError: as ``expand_date_range``.
+    """
+    return _span(start, end, step).count
+
+
+def expand_date_range(
+    start: str,
+    end: str,
+    *,
+    param: str = "date",
+    step: str = "1d",
+    fmt: str = "%Y-%m-%d",
+    extra_params: Mapping[str, ParamValue] | None = None,
+) -> Iterator[Params]:
+    """Expand a date range into one params dict per step, inclusive of both ends.
+
+    Validation happens now; expansion happens as the iterator is consumed, so a
+    100,000-step range never builds a list.
+
+    Args:
+        start: ISO date or date-time (``Nh`` steps need date-times).
+        end: ISO date or date-time, not before ``start``.
+        param: Name of the param that carries each value.
+        step: ``Nh``, ``Nd``, ``Nw`` or ``Nmo`` (calendar months anchored on the
+            start day, clamped to month ends).
+        fmt: ``strftime`` format of each value.
+        extra_params: Params added to every item (``param`` wins on a clash).
+
+    Returns:
+        An iterator of ``{**extra_params, param: value.strftime(fmt)}``.
+
+    Raises:
+        ValueError: bad dates, step, param name or format, or end before start.
+    """
+    if not isinstance(param, str) or not param:
+        raise ValueError("param must be a non-empty string")
+    span = _span(start, end, step)
+    _render(span.start, fmt)  # fail now, not at the first next(), on a bad format
+    # Copied now so that a caller mutating its mapping later cannot change the plan.
+    extra = dict(extra_params or {})
+    return _expand(span, param, fmt, extra)
+
+
+def _expand(span: _Span, param: str, fmt: str, extra: Params) -> Iterator[Params]:
+    for k in range(span.count):
+        item = {key: _copy_value(value) for key, value in extra.items()}
+        item[param] = _render(span.at(k), fmt)
+        yield item
+
+
+def _copy_value(value: ParamValue) -> ParamValue:
+    # Items must not share list objects: one consumer editing its params would edit all.
+    return list(value) if isinstance(value, list) else value
+
+
+def _render(value: date, fmt: str) -> str:
+    try:
+        text = value.strftime(fmt)
+    except (ValueError, UnicodeError, TypeError) as exc:
+        raise ValueError(f"format {fmt!r} cannot render dates: {exc}") from exc
+    if not text:
+        raise ValueError(f"format {fmt!r} renders {value.isoformat()} as an empty string")
+    return text
+
+
+def _span(start: str, end: str, step_text: str) -> _Span:
+    step = parse_step(step_text)
+    first = _parse_bound("start", start, step)
+    last = _parse_bound("end", end, step)
+    first, last = _align(first, last)
+    if last < first:
+        raise ValueError(f"end {end!r} is before start {start!r}")
+    return _Span(first, step, _count(first, last, step))
+
+
+def _parse_bound(name: str, text: str, step: Step) -> date:
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be a string, got {type(text).__name__}")
+    if step.unit == "h":
+        return _parse_datetime(name, text, step)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"{name} {text!r} is not {_DATE_HINT} ({exc})") from None
+
+
+def _parse_datetime(name: str, text: str, step: Step) -> datetime:
+    # datetime.fromisoformat("2025-01-01") succeeds (midnight), so bare dates are
+    # refused first: an hourly range from a bare date is almost always a mistake.
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"{name} {text!r} is a bare date, but step {step} needs {_DATETIME_HINT}")
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"{name} {text!r} is not {_DATETIME_HINT} ({exc})") from None
+
+
+def _align(first: date, last: date) -> tuple[date, date]:
+    """Make both bounds the same kind so they can be compared and subtracted."""
+    if isinstance(first, datetime) or isinstance(last, datetime):
+        first, last = _as_datetime(first), _as_datetime(last)
+        if (first.tzinfo is None) != (last.tzinfo is None):
+            raise ValueError("start and end must both carry a UTC offset, or neither")
+        if first.tzinfo is not None:
+            # The same instant on the start's clock, so month arithmetic compares like
+            # with like; values keep the start's offset.
+            last = last.astimezone(first.tzinfo)
+    return first, last
+
+
+def _as_datetime(value: date) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime(value.year, value.month, value.day)
+
+
+def _count(first: date, last: date, step: Step) -> int:
+    if step.unit == "mo":
+        return _count_months(first, last, step.count)
+    # Integer microseconds: exact, and immune to timedelta overflow on huge steps.
+    span_us = (last - first) // _ONE_US
+    return span_us // (step.count * _UNIT_US[step.unit]) + 1
+
+
+def _count_months(first: date, last: date, every: int) -> int:
+    months = (last.year - first.year) * 12 + (last.month - first.month)
+    k = months // every
+    # Clamping (31 Jan + 1 month = 29 Feb) or the time of day can push the
+    # candidate past the end, by at most one step.
+    if _add_months(first, k * every) > last:
+        k -= 1
+    return k + 1
+
+
+def _add_months(value: date, months: int) -> date:
+    """``value`` plus ``months`` calendar months, clamped to the end of the month."""
+    total = value.month - 1 + months
+    year, month = value.year + total // 12, total % 12 + 1
+    day = min(value.day, calendar.monthrange(year, month)[1])
+    return value.replace(year=year, month=month, day=day)
