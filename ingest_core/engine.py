@@ -106,7 +106,9 @@ class RunOutcome:
     latencies_ms: list[int]
 
 
-def manifest_key_for(job: Job, first_index: int | None, last_index: int | None) -> str:
+def manifest_key_for(
+    job: Job, first_index: int | None, last_index: int | None, prefix: str = ""
+) -> str:
     """``{source_id}/_manifests/{request_id}.json``; Map batches add their index range.
 
     Every batch of one Distributed Map execution shares the execution name as
@@ -115,7 +117,7 @@ def manifest_key_for(job: Job, first_index: int | None, last_index: int | None) 
     name = job.request_id
     if job.is_map_batch and first_index is not None:
         name = f"{name}-{first_index}-{last_index}"
-    return f"{job.api.source_id}/_manifests/{name}.json"
+    return f"{prefix}{job.api.source_id}/_manifests/{name}.json"
 
 
 async def run_job(
@@ -129,6 +131,7 @@ async def run_job(
     on_item: ItemCallback | None = None,
     write_manifest: bool = True,
     stop: asyncio.Event | None = None,
+    manifest_prefix: str = "",
 ) -> RunOutcome:
     """Fetch and store every item of ``job``.
 
@@ -143,25 +146,31 @@ async def run_job(
         write_manifest: store the manifest beside the objects.
         stop: set it to stop early (Ctrl-C): nothing new starts, uploads in
             flight are aborted, and those items are reported as not attempted.
+        manifest_prefix: put before the manifest key (the CLI's ``--dest`` prefix).
     """
     settings = settings or Settings.from_env()
     started = time.monotonic()
     own_http = http is None
     if http is None:
         http = make_http_session(
-            concurrency=job.options.concurrency, policy=settings.policy,
+            concurrency=job.options.concurrency,
+            policy=settings.policy,
             connect_timeout_s=job.options.connect_timeout_s,
             read_timeout_s=job.options.read_timeout_s,
         )
     run = _Run(
-        job=job, http=http, writer=writer, settings=settings,
+        job=job,
+        http=http,
+        writer=writer,
+        settings=settings,
         headers=dict(headers if headers is not None else job.api.headers),
         clock=_Clock.for_deadline(deadline, job.options.deadline_margin_s),
-        tally=Tally(requested=job.requested), on_item=on_item,
+        tally=Tally(requested=job.requested),
+        on_item=on_item,
     )
     try:
         span = await _fan_out(run, stop)
-        return await _finish(run, span, started, write_manifest)
+        return await _finish(run, span, started, write_manifest, manifest_prefix)
     finally:
         run.tally.close()
         if own_http:
@@ -170,9 +179,7 @@ async def run_job(
 
 async def _fan_out(run: _Run, stop: asyncio.Event | None) -> tuple[int | None, int | None]:
     items = _tracking(run.job.items())
-    workers = [
-        asyncio.create_task(_worker(run, items)) for _ in range(run.job.options.concurrency)
-    ]
+    workers = [asyncio.create_task(_worker(run, items)) for _ in range(run.job.options.concurrency)]
     # Wake on whichever comes first: every worker done, a stop request, the hard stop.
     all_done = asyncio.create_task(asyncio.wait(workers))
     waited: list[asyncio.Task[Any]] = [all_done]
@@ -199,7 +206,7 @@ def _stop_now(run: _Run) -> None:
         task.cancel()
 
 
-class _tracking(Iterator[PlannedItem]):  # noqa: N801 - an iterator, used like a function
+class _tracking(Iterator[PlannedItem]):
     """Shares one lazy plan between the workers and remembers the index span."""
 
     def __init__(self, items: Iterator[PlannedItem]) -> None:
@@ -245,8 +252,11 @@ async def _settled(run: _Run, item: PlannedItem, task: asyncio.Task[ItemResult])
 
 def _not_attempted(run: _Run, item: PlannedItem, why: str | None = None) -> ItemResult:
     return ItemResult(
-        index=item.index, params=item.params, key=_key(run, item),
-        status=ItemStatus.NOT_ATTEMPTED, kind=FailureKind.DEADLINE,
+        index=item.index,
+        params=item.params,
+        key=_key(run, item),
+        status=ItemStatus.NOT_ATTEMPTED,
+        kind=FailureKind.DEADLINE,
         error=why or f"not started: {run.clock.reason}",
     )
 
@@ -254,8 +264,11 @@ def _not_attempted(run: _Run, item: PlannedItem, why: str | None = None) -> Item
 def _key(run: _Run, item: PlannedItem) -> str:
     suffix = ".gz" if run.job.options.compress else ""
     return run.job.api.template.render(
-        source_id=run.job.api.source_id, request_id=run.job.request_id,
-        index=item.index, params=item.params, suffix=suffix,
+        source_id=run.job.api.source_id,
+        request_id=run.job.request_id,
+        index=item.index,
+        params=item.params,
+        suffix=suffix,
     )
 
 
@@ -308,15 +321,23 @@ def _retry_delay(run: _Run, error: Exception, attempt: int) -> float | None:
 
 async def _attempt(run: _Run, item: PlannedItem, key: str) -> Stored:
     request = FetchRequest(
-        url=run.job.api.endpoint, params=encode_params(item.params), headers=run.headers,
+        url=run.job.api.endpoint,
+        params=encode_params(item.params),
+        headers=run.headers,
         secret_header_names=frozenset(run.job.api.secret_headers),
     )
     async with open_response(run.http, request, run.settings.policy) as response:
         info = _body_info(response)
         meta = _object_meta(run, item, info)
         return await transfer(
-            iter_body(response, READ_CHUNK), info, writer=run.writer, key=key, meta=meta,
-            options=run.job.options, budget=run.budget, records_path=run.job.api.records_path,
+            iter_body(response, READ_CHUNK),
+            info,
+            writer=run.writer,
+            key=key,
+            meta=meta,
+            options=run.job.options,
+            budget=run.budget,
+            records_path=run.job.api.records_path,
         )
 
 
@@ -344,11 +365,19 @@ def _object_meta(run: _Run, item: PlannedItem, info: BodyInfo) -> ObjectMeta:
     )
 
 
-def _written(item: PlannedItem, key: str, stored: Stored, attempts: int, started: float) -> ItemResult:
+def _written(
+    item: PlannedItem, key: str, stored: Stored, attempts: int, started: float
+) -> ItemResult:
     return ItemResult(
-        index=item.index, params=item.params, key=key, status=ItemStatus.WRITTEN,
-        attempts=attempts, bytes=stored.received, stored_bytes=stored.stored,
-        records=stored.records, latency_ms=_ms_since(started),
+        index=item.index,
+        params=item.params,
+        key=key,
+        status=ItemStatus.WRITTEN,
+        attempts=attempts,
+        received_bytes=stored.received,
+        stored_bytes=stored.stored,
+        records=stored.records,
+        latency_ms=_ms_since(started),
     )
 
 
@@ -361,8 +390,14 @@ def _failed(
     if isinstance(error, HTTPStatusError):
         text = f"{text} after {attempts} attempt{'s' if attempts != 1 else ''}"
     return ItemResult(
-        index=item.index, params=item.params, key=key, status=ItemStatus.FAILED,
-        attempts=attempts, latency_ms=_ms_since(started), kind=kind, http_status=status,
+        index=item.index,
+        params=item.params,
+        key=key,
+        status=ItemStatus.FAILED,
+        attempts=attempts,
+        latency_ms=_ms_since(started),
+        kind=kind,
+        http_status=status,
         error=text,
     )
 
@@ -372,20 +407,28 @@ def _ms_since(started: float) -> int:
 
 
 async def _finish(
-    run: _Run, span: tuple[int | None, int | None], started: float, write_manifest: bool
+    run: _Run,
+    span: tuple[int | None, int | None],
+    started: float,
+    write_manifest: bool,
+    manifest_prefix: str,
 ) -> RunOutcome:
-    manifest_key = manifest_key_for(run.job, *span)
+    manifest_key = manifest_key_for(run.job, *span, prefix=manifest_prefix)
     manifest_uri: str | None = None
     if write_manifest:
         try:
-            await run.writer.put_file(manifest_key, run.tally.manifest_path(), MANIFEST_CONTENT_TYPE)
+            await run.writer.put_file(
+                manifest_key, run.tally.manifest_path(), MANIFEST_CONTENT_TYPE
+            )
             manifest_uri = run.writer.describe(manifest_key)
         except Exception:
             # The objects are written; a lost manifest must not turn success into an error.
             log.exception("could not write the manifest", extra={"manifest_key": manifest_key})
             manifest_key = None  # type: ignore[assignment]
     result = run.tally.to_result(
-        request_id=run.job.request_id, source_id=run.job.api.source_id,
-        duration_ms=_ms_since(started), manifest_key=manifest_key if write_manifest else None,
+        request_id=run.job.request_id,
+        source_id=run.job.api.source_id,
+        duration_ms=_ms_since(started),
+        manifest_key=manifest_key if write_manifest else None,
     )
     return RunOutcome(result, manifest_uri, list(run.tally.latencies_ms))

@@ -156,7 +156,11 @@ class DateRange(BaseModel):
     def expand(self) -> Iterator[dict[str, Any]]:
         """The params of every step, lazily."""
         return expand_date_range(
-            self.start, self.end, param=self.param, step=self.step, fmt=self.format,
+            self.start,
+            self.end,
+            param=self.param,
+            step=self.step,
+            fmt=self.format,
             extra_params=self.extra_params,
         )
 
@@ -353,8 +357,12 @@ def _build_job(model: Event, request_id: str) -> Job:
         items = model.Items or []
         plan, requested = (lambda: _map_items(items, offset)), len(items)
     return Job(
-        api=model.api_config, options=model.options, request_id=request_id,
-        requested=requested, plan=plan, is_map_batch=model.Items is not None,
+        api=model.api_config,
+        options=model.options,
+        request_id=request_id,
+        requested=requested,
+        plan=plan,
+        is_map_batch=model.Items is not None,
     )
 
 
@@ -380,17 +388,21 @@ def _check_keys(job: Job) -> None:
     for item in job.items():
         try:
             key = template.render(
-                source_id=job.api.source_id, request_id=job.request_id,
-                index=item.index, params=item.params,
+                source_id=job.api.source_id,
+                request_id=job.request_id,
+                index=item.index,
+                params=item.params,
             )
         except ValueError as exc:
             problems.append((f"api_config.key_template (item {item.index})", str(exc)))
             break
         if key in seen:
-            problems.append((
-                "api_config.key_template",
-                f"items {seen[key]} and {item.index} map to the same key {key!r}",
-            ))
+            problems.append(
+                (
+                    "api_config.key_template",
+                    f"items {seen[key]} and {item.index} map to the same key {key!r}",
+                )
+            )
             break
         if remember:
             seen[key] = item.index

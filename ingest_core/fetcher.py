@@ -124,7 +124,7 @@ async def _get(
 ) -> aiohttp.ClientResponse:
     try:
         return await session.get(url, params=params, headers=headers, allow_redirects=False)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise translate_client_error(exc) from exc
 
 
@@ -132,7 +132,8 @@ def _redirect_target(response: aiohttp.ClientResponse, policy: NetPolicy) -> URL
     location = response.headers.get("Location")
     if not location:
         raise HTTPStatusError(
-            f"HTTP {response.status} redirect without Location", status=response.status,
+            f"HTTP {response.status} redirect without Location",
+            status=response.status,
             retryable=False,
         )
     return check_url(response.url.join(URL(location)), policy)
@@ -155,7 +156,7 @@ async def iter_body(response: aiohttp.ClientResponse, chunk_size: int) -> AsyncI
     try:
         async for chunk in response.content.iter_chunked(chunk_size):
             yield chunk
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise translate_client_error(exc, mid_body=True) from exc
 
 

@@ -9,8 +9,17 @@ import statistics
 from typing import Any
 
 SUMMARY_FIELDS = (
-    "status", "requested", "succeeded", "failed", "not_attempted", "skipped_existing",
-    "records_ingested", "bytes_written", "retries", "duration_ms", "manifest_key",
+    "status",
+    "requested",
+    "succeeded",
+    "failed",
+    "not_attempted",
+    "skipped_existing",
+    "records_ingested",
+    "bytes_written",
+    "retries",
+    "duration_ms",
+    "manifest_key",
     "failures_truncated",
 )
 
@@ -27,7 +36,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
 
 def publish_metrics(metrics: Any, result: dict[str, Any], latencies_ms: list[int]) -> None:
     """Record EMF metrics on a Powertools ``Metrics`` (dimension ``source_id``)."""
-    from aws_lambda_powertools.metrics import MetricUnit  # noqa: PLC0415 - cold start
+    from aws_lambda_powertools.metrics import MetricUnit
 
     metrics.add_dimension(name="source_id", value=str(result["source_id"]))
     for name in ("succeeded", "failed", "not_attempted", "retries"):
@@ -37,7 +46,8 @@ def publish_metrics(metrics: Any, result: dict[str, Any], latencies_ms: list[int
         metrics.add_metric(name="records", unit=MetricUnit.Count, value=result["records_ingested"])
     if latencies_ms:
         metrics.add_metric(
-            name="fetch_latency_p50", unit=MetricUnit.Milliseconds,
+            name="fetch_latency_p50",
+            unit=MetricUnit.Milliseconds,
             value=statistics.median(latencies_ms),
         )
         metrics.add_metric(

@@ -15,7 +15,9 @@ JSON_START = frozenset(b'[{"-0123456789tfn')
 HTML_HINTS = (b"<!doctype", b"<html", b"<?xml", b"<")
 
 
-def count_records(body: bytes | bytearray | memoryview, records_path: str | None = None) -> int | None:
+def count_records(
+    body: bytes | bytearray | memoryview, records_path: str | None = None
+) -> int | None:
     """How many records ``body`` holds, or ``None`` when it is neither JSON nor NDJSON.
 
     Args:

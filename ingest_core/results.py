@@ -39,7 +39,7 @@ class ItemResult:
     key: str | None
     status: ItemStatus
     attempts: int = 0
-    bytes: int = 0
+    received_bytes: int = 0
     stored_bytes: int = 0
     records: int | None = None
     latency_ms: int = 0
@@ -55,10 +55,15 @@ class ItemResult:
     def manifest_line(self) -> bytes:
         """One JSON line of the manifest."""
         line: dict[str, Any] = {
-            "index": self.index, "params": self.params, "key": self.key,
-            "status": self.status.value, "bytes": self.bytes,
-            "stored_bytes": self.stored_bytes, "records": self.records,
-            "attempts": self.attempts, "latency_ms": self.latency_ms,
+            "index": self.index,
+            "params": self.params,
+            "key": self.key,
+            "status": self.status.value,
+            "bytes": self.received_bytes,
+            "stored_bytes": self.stored_bytes,
+            "records": self.records,
+            "attempts": self.attempts,
+            "latency_ms": self.latency_ms,
         }
         if self.kind is not None:
             line.update(kind=self.kind.value, http_status=self.http_status, error=self.error)
@@ -67,9 +72,12 @@ class ItemResult:
     def failure_entry(self) -> dict[str, Any]:
         """The entry in the result's ``failures`` list, enough to re-drive the item."""
         entry: dict[str, Any] = {
-            "index": self.index, "params": self.params,
-            "kind": self.kind.value if self.kind else None, "status": self.http_status,
-            "attempts": self.attempts, "error": (self.error or "")[:MAX_ERROR_TEXT],
+            "index": self.index,
+            "params": self.params,
+            "kind": self.kind.value if self.kind else None,
+            "status": self.http_status,
+            "attempts": self.attempts,
+            "error": (self.error or "")[:MAX_ERROR_TEXT],
         }
         if len(orjson.dumps(self.params)) > MAX_FAILURE_PARAMS_BYTES:
             entry["params"] = None

@@ -31,7 +31,7 @@ def aws_session() -> Any:
     """The process-wide aioboto3 session (lazily imported and created)."""
     global _SESSION
     if _SESSION is None:
-        import aioboto3  # noqa: PLC0415 - the CLI's local-folder runs never need it
+        import aioboto3
 
         _SESSION = aioboto3.Session()
     return _SESSION
@@ -39,7 +39,7 @@ def aws_session() -> Any:
 
 def s3_config(concurrency: int) -> Any:
     """botocore config: pool sized like the semaphore, ``standard`` retries."""
-    from aiobotocore.config import AioConfig  # noqa: PLC0415
+    from aiobotocore.config import AioConfig
 
     return AioConfig(
         max_pool_connections=concurrency,  # botocore's default of 10 would cap the fan-out
@@ -50,7 +50,9 @@ def s3_config(concurrency: int) -> Any:
 
 
 @asynccontextmanager
-async def s3_writer(bucket: str, *, concurrency: int, settings: Settings) -> AsyncIterator[S3Writer]:
+async def s3_writer(
+    bucket: str, *, concurrency: int, settings: Settings
+) -> AsyncIterator[S3Writer]:
     """An ``S3Writer`` with its client and lean-PUT session, closed on exit."""
     session = aws_session()
     async with session.client(
@@ -63,7 +65,10 @@ async def s3_writer(bucket: str, *, concurrency: int, settings: Settings) -> Asy
         connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as http:
             yield S3Writer(
-                client, bucket, credentials=credentials, http=http,
+                client,
+                bucket,
+                credentials=credentials,
+                http=http,
                 endpoint_url=settings.s3_endpoint_url,
             )
 
@@ -78,11 +83,17 @@ async def execute(
     stop: asyncio.Event | None = None,
     local_dir: Path | None = None,
     writer: ObjectWriter | None = None,
+    manifest_prefix: str = "",
 ) -> RunOutcome:
     """Run ``job`` against S3 (its ``raw_bucket``), a local folder, or a given writer."""
     settings = settings or Settings.from_env()
     kwargs: dict[str, Any] = dict(
-        settings=settings, headers=headers, deadline=deadline, on_item=on_item, stop=stop
+        settings=settings,
+        headers=headers,
+        deadline=deadline,
+        on_item=on_item,
+        stop=stop,
+        manifest_prefix=manifest_prefix,
     )
     if writer is not None:
         return await run_job(job, writer=writer, **kwargs)

@@ -43,14 +43,14 @@ def _resolve(header: str, ref: str) -> str:
 
 
 def _ssm(name: str) -> str:
-    from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - cold start
+    from aws_lambda_powertools.utilities import parameters
 
     value = parameters.get_parameter(name, decrypt=True, max_age=SECRET_CACHE_S)
     return _text(value)
 
 
 def _secret(name: str, json_key: str | None) -> str:
-    from aws_lambda_powertools.utilities import parameters  # noqa: PLC0415 - cold start
+    from aws_lambda_powertools.utilities import parameters
 
     value = _text(parameters.get_secret(name, max_age=SECRET_CACHE_S))
     if json_key is None:

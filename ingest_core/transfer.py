@@ -51,8 +51,13 @@ class _Transfer:
     """State of one transfer; ``run`` is the whole life cycle."""
 
     def __init__(
-        self, writer: ObjectWriter, key: str, meta: ObjectMeta, options: Options,
-        budget: ByteBudget, records_path: str | None,
+        self,
+        writer: ObjectWriter,
+        key: str,
+        meta: ObjectMeta,
+        options: Options,
+        budget: ByteBudget,
+        records_path: str | None,
     ) -> None:
         self.writer, self.key, self.meta, self.options = writer, key, meta, options
         self.budget, self.records_path = budget, records_path
@@ -68,7 +73,9 @@ class _Transfer:
         self.gzip = zlib.compressobj(wbits=31) if options.compress else None
 
     async def run(self, chunks: AsyncIterator[bytes], info: BodyInfo) -> Stored:
-        first = info.content_length if info.content_length is not None and not info.encoded else None
+        first = (
+            info.content_length if info.content_length is not None and not info.encoded else None
+        )
         self.held = await self.budget.reserve(min(self.part_size, first or SMALL_RESERVATION))
         try:
             async for chunk in chunks:
@@ -118,8 +125,8 @@ class _Transfer:
             self._judge_large_body()
             self.upload = await self.writer.start_multipart(self.key, self.meta)
             self.raw = bytearray()
-        part, self.buf = self.buf, bytearray()
-        await self.upload.upload_part(part)  # type: ignore[arg-type]  # bytearray is fine
+        part, self.buf = bytes(self.buf), bytearray()
+        await self.upload.upload_part(part)
         self.stored += len(part)
 
     def _judge_large_body(self) -> None:
@@ -150,21 +157,23 @@ class _Transfer:
 
     async def _flush_tail(self) -> None:
         assert self.upload is not None
-        part, self.buf = self.buf, bytearray()
-        await self.upload.upload_part(part)  # type: ignore[arg-type]
+        part, self.buf = bytes(self.buf), bytearray()
+        await self.upload.upload_part(part)
         self.stored += len(part)
 
     async def _put_whole(self) -> Stored:
         if not self.keep_raw:
             self._judge_large_body()
-            await self.writer.put(self.key, self.buf, self.meta)  # type: ignore[arg-type]
-            return Stored(self.received, len(self.buf), None, multipart=False)
+            body = bytes(self.buf)
+            await self.writer.put(self.key, body, self.meta)
+            return Stored(self.received, len(body), None, multipart=False)
         raw = self.raw if self.gzip is not None else self.buf
         records = count_records(raw, self.records_path) if raw else None
         if self.options.expect_json and records is None:
             raise InvalidBody("body is not JSON or NDJSON" if raw else "body is empty")
-        await self.writer.put(self.key, self.buf, self.meta)  # type: ignore[arg-type]
-        return Stored(self.received, len(self.buf), records, multipart=False)
+        body = bytes(self.buf)
+        await self.writer.put(self.key, body, self.meta)
+        return Stored(self.received, len(body), records, multipart=False)
 
     async def _abort(self) -> None:
         if self.upload is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import os
 import random
 import uuid
@@ -32,21 +33,40 @@ from yarl import URL
 
 from ingest_core.errors import S3WriteError
 
+LARGE_BODY = 512 * 1024
 S3_MAX_ATTEMPTS = 3  # botocore's standard retry mode
 S3_BACKOFF_CAP_S = 20.0
 S3_RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
-S3_RETRYABLE_CODES = frozenset({
-    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException",
-    "TooManyRequestsException", "ProvisionedThroughputExceededException",
-    "TransactionInProgressException", "RequestLimitExceeded", "BandwidthLimitExceeded",
-    "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
-    "EC2ThrottledException", "RequestTimeout", "RequestTimeoutException", "InternalError",
-})
+S3_RETRYABLE_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+    }
+)
 # Answers that mean "this bucket lives elsewhere": botocore's redirector handles them.
-S3_WRONG_REGION_CODES = frozenset({
-    "PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
-    "TemporaryRedirect",
-})
+S3_WRONG_REGION_CODES = frozenset(
+    {
+        "PermanentRedirect",
+        "AuthorizationHeaderMalformed",
+        "IllegalLocationConstraintException",
+        "TemporaryRedirect",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +176,10 @@ class S3Writer:
         """Upload a local file (the manifest) with the SDK."""
         try:
             await self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=path.read_bytes(), ContentType=content_type,
+                Bucket=self.bucket,
+                Key=key,
+                Body=await asyncio.to_thread(path.read_bytes),
+                ContentType=content_type,
                 ChecksumAlgorithm="CRC32",
             )
         except Exception as exc:
@@ -165,7 +188,10 @@ class S3Writer:
     async def _sdk_put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
         try:
             await self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ChecksumAlgorithm="CRC32",
+                Bucket=self.bucket,
+                Key=key,
+                Body=_body(data),
+                ChecksumAlgorithm="CRC32",
                 **_sdk_meta(meta),
             )
         except Exception as exc:
@@ -186,18 +212,20 @@ class S3Writer:
         url = self._base + quote(key, safe="/~")
         headers = await self._signed_headers(url, data, meta)
         try:
-            async with self._http.put(URL(url, encoded=True), data=data, headers=headers) as resp:
+            async with self._http.put(
+                URL(url, encoded=True), data=_body(data), headers=headers
+            ) as resp:
                 if resp.status == 200:
                     return
                 raise _lean_error(resp.status, await resp.read())
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             error = S3WriteError(f"PutObject: {type(exc).__name__}: {exc}"[:500])
             error.retryable = True  # botocore retries connection errors too
             raise error from exc
 
     async def _signed_headers(self, url: str, data: bytes, meta: ObjectMeta) -> dict[str, str]:
-        from botocore.auth import S3SigV4Auth  # noqa: PLC0415 - keeps cold start lean
-        from botocore.awsrequest import AWSRequest  # noqa: PLC0415
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
 
         frozen = await self._credentials.get_frozen_credentials()
         headers = _lean_meta_headers(meta)
@@ -219,8 +247,12 @@ class S3MultipartUpload:
         number = len(self._parts) + 1
         try:
             answer = await self._client.upload_part(
-                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
-                PartNumber=number, Body=data, ChecksumAlgorithm="CRC32",
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=_body(data),
+                ChecksumAlgorithm="CRC32",
             )
         except Exception as exc:
             raise _s3_error("UploadPart", exc) from exc
@@ -232,7 +264,9 @@ class S3MultipartUpload:
     async def complete(self) -> None:
         try:
             await self._client.complete_multipart_upload(
-                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
             )
         except Exception as exc:
@@ -265,6 +299,11 @@ def _object_base_url(endpoint_url: str | None, bucket: str, region: str) -> str:
     return f"https://{bucket}.s3.{region}.amazonaws.com/"
 
 
+def _body(data: bytes) -> bytes | io.BytesIO:
+    """Large bodies as a stream: aiohttp warns that sending big raw bytes blocks the loop."""
+    return io.BytesIO(data) if len(data) > LARGE_BODY else data
+
+
 def _sdk_meta(meta: ObjectMeta) -> dict[str, Any]:
     extra: dict[str, Any] = {"ContentType": meta.content_type, "Metadata": dict(meta.metadata)}
     if meta.content_encoding:
@@ -285,7 +324,9 @@ def _lean_error(status: int, body: bytes) -> Exception:
     code, message = _parse_s3_error(body)
     if code in S3_WRONG_REGION_CODES or status == 301:
         return _WrongRegion(code)
-    error = S3WriteError(f"PutObject: HTTP {status} {code or ''} {message or ''}".strip(), code=code)
+    error = S3WriteError(
+        f"PutObject: HTTP {status} {code or ''} {message or ''}".strip(), code=code
+    )
     error.retryable = status in S3_RETRYABLE_STATUSES or code in S3_RETRYABLE_CODES
     return error
 
@@ -356,7 +397,8 @@ class LocalDirWriter:
         return LocalUpload(self._path(key))
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
-        await self.put(key, path.read_bytes(), ObjectMeta(content_type=content_type))
+        data = await asyncio.to_thread(path.read_bytes)
+        await self.put(key, data, ObjectMeta(content_type=content_type))
 
 
 class LocalUpload:

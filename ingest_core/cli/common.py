@@ -1,0 +1,526 @@
+"""What every subcommand shares: the registry entry, argument types, option flags,
+usage errors (exit 2), Ctrl-C handling, the progress display and the summary table.
+
+Nothing here imports rich, aioboto3 or moto at module level: ``fanout-ingest plan``
+and ``--help`` must start fast and work with only the runtime dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self, TypeVar
+
+from ingest_core.config import Options
+from ingest_core.errors import InvalidEventError
+from ingest_core.results import ItemResult
+
+PROG = "fanout-ingest"
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+PLAIN_PROGRESS_INTERVAL_S = 2.0
+RICH_REFRESH_PER_S = 8
+MAX_FAILURES_SHOWN = 5
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One subcommand: how it declares its flags and how it runs.
+
+    Attributes:
+        name: the subcommand word (``fanout-ingest NAME``).
+        help: one line for ``fanout-ingest --help``.
+        add_arguments: declares the subcommand's flags on its parser.
+        run: does the work; returns the exit code. May raise ``UsageError``.
+        description: the subcommand's own ``--help`` text (defaults to ``help``).
+        epilog: shown after the flags in ``--help`` (examples).
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+    epilog: str | None = None
+
+
+# ----------------------------------------------------------------- usage errors
+
+
+class UsageError(Exception):
+    """Bad usage: exit 2 with one ``FLAG: reason`` line per problem."""
+
+    def __init__(self, *problems: tuple[str, str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{flag}: {reason}" for flag, reason in problems))
+
+
+def report_usage_error(command: str, error: UsageError, stream: IO[str] | None = None) -> int:
+    """Print every problem of ``error`` the way argparse prints its own; return 2."""
+    out = stream or sys.stderr
+    for flag, reason in error.problems:
+        print(f"{PROG} {command}: error: {flag}: {reason}", file=out)
+    print(f"(see {PROG} {command} --help)", file=out)
+    return EXIT_USAGE
+
+
+# Event fields (as InvalidEventError names them) -> the flag a user typed.
+EVENT_FIELD_FLAGS: tuple[tuple[str, str], ...] = (
+    ("api_config.endpoint", "--endpoint"),
+    ("api_config.source_id", "--source-id"),
+    ("api_config.raw_bucket", "--dest"),
+    ("api_config.key_template", "--key-template"),
+    ("api_config.records_path", "--records-path"),
+    ("api_config.secret_headers", "--secret-header"),
+    ("api_config.headers", "--header"),
+    ("date_range.start", "--start"),
+    ("date_range.end", "--end"),
+    ("date_range.step", "--step"),
+    ("date_range.format", "--format"),
+    ("date_range.param", "--param"),
+    ("date_range.extra_params", "--query"),
+    ("request_id", "--request-id"),
+    ("index_offset", "--index-offset"),
+)
+# How planner messages start -> the flag they are about.
+DATE_REASON_FLAGS: tuple[tuple[str, str], ...] = (
+    ("start ", "--start"),
+    ("end ", "--end"),
+    ("step ", "--step"),
+    ("format ", "--format"),
+    ("param ", "--param"),
+)
+
+
+def flag_for_date_problem(reason: str) -> str:
+    """The flag a planner ``ValueError`` message is about (``--start/--end/--step`` if unclear)."""
+    for start, flag in DATE_REASON_FLAGS:
+        if reason.startswith(start):
+            return flag
+    return "--start/--end/--step"
+
+
+def flag_for_field(event_field: str, reason: str) -> str:
+    """Translate an ``InvalidEventError`` field name to the flag that set it.
+
+    Args:
+        event_field: e.g. ``api_config.endpoint``, ``options.concurrency``,
+            ``api_config.key_template (item 3)`` or ``date_range``.
+        reason: the problem, used to tell ``--start`` from ``--end`` and ``--step``.
+
+    Returns:
+        The flag, or the field name itself when no flag sets it.
+    """
+    if event_field == "date_range":
+        return flag_for_date_problem(reason)
+    if event_field == "options":  # a check across fields (the memory budget)
+        return "--memory-budget-mb/--part-size-mb"
+    if event_field.startswith("options."):
+        name = event_field.split(".")[1]
+        return option_flag(name) if name in Options.model_fields else event_field
+    for prefix, flag in EVENT_FIELD_FLAGS:
+        if event_field == prefix or event_field.startswith((prefix + ".", prefix + " ", prefix + "[")):
+            return flag
+    return event_field
+
+
+def usage_error_from(exc: InvalidEventError) -> UsageError:
+    """An ``InvalidEventError`` restated in flag names."""
+    return UsageError(*[(flag_for_field(f, reason), reason) for f, reason in exc.problems])
+
+
+# --------------------------------------------------------------- argument types
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """``K=V`` (``--query``, ``--secret-header``): split at the first ``=``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form NAME=VALUE")
+    return name.strip(), value
+
+
+def header_pair(text: str) -> tuple[str, str]:
+    """``Name: value`` (``--header``): split at the first ``:``, value stripped."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form Name:value")
+    return name.strip(), value.strip()
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def load_json_object(path: str, flag: str) -> dict[str, Any]:
+    """Read a JSON object from ``path`` (``-`` = stdin) or raise ``UsageError`` on ``flag``."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError((flag, f"cannot read {path}: {exc.strerror or exc}")) from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError((flag, f"{path} is not valid JSON: {exc}")) from None
+    if not isinstance(value, dict):
+        raise UsageError((flag, f"{path} must hold a JSON object, not {type(value).__name__}"))
+    return value
+
+
+# ----------------------------------------------------------------- option flags
+
+OPTION_DEST_PREFIX = "option_"
+# Names that do not read well when derived from the field name.
+OPTION_FLAG_OVERRIDES = {"rate_limit_per_s": "--rate"}
+OPTION_HELP = {
+    "concurrency": "requests in flight; also sizes both connection pools",
+    "max_attempts": "attempts per request, the first included",
+    "connect_timeout_s": "connect timeout per attempt, seconds",
+    "read_timeout_s": "read timeout per attempt, seconds",
+    "attempt_timeout_s": "cap on one whole attempt, seconds",
+    "rate_limit_per_s": "requests per second over the whole run (0 = no limit)",
+    "max_body_bytes": "larger bodies fail with body_too_large, nothing kept",
+    "part_size_mb": "multipart part size in MiB (>= 5); smaller bodies go as one PUT",
+    "memory_budget_mb": "cap on body bytes buffered at once, MiB",
+    "deadline_margin_s": "stop starting requests this long before a deadline, seconds",
+    "compress": "gzip objects (Content-Encoding: gzip, keys get .gz)",
+    "skip_existing": "skip items whose key already exists (resume a run)",
+    "expect_json": "store bodies as received, even when they are not JSON/NDJSON",
+    "fail_on_error": "treat any failed item as a failed run (the CLI exits 1 either way)",
+}
+
+
+def option_flag(name: str) -> str:
+    """The flag of ``Options`` field ``name``: ``read_timeout_s`` -> ``--read-timeout``,
+    ``expect_json`` (on by default) -> ``--no-expect-json``."""
+    if name in OPTION_FLAG_OVERRIDES:
+        return OPTION_FLAG_OVERRIDES[name]
+    base = name.removesuffix("_s").replace("_", "-")
+    info = Options.model_fields[name]
+    return f"--no-{base}" if info.annotation is bool and info.default is True else f"--{base}"
+
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``Options`` field (DESIGN §4), generated so none is ever missing.
+
+    Flags default to "not given", so only what the user typed lands in the event
+    and ``Options`` supplies (and documents) every default.
+    """
+    group = parser.add_argument_group("run options (DESIGN §4)")
+    for name, info in Options.model_fields.items():
+        dest = OPTION_DEST_PREFIX + name
+        text = OPTION_HELP.get(name, f"options.{name}")
+        if info.annotation is bool:
+            group.add_argument(
+                option_flag(name), dest=dest, action="store_const", const=not info.default,
+                default=None, help=text,
+            )
+            continue
+        kind = info.annotation if info.annotation in (int, float) else str
+        metavar = "N" if kind is int else "X"
+        group.add_argument(
+            option_flag(name), dest=dest, type=kind, default=None, metavar=metavar,
+            help=f"{text} (default: {info.default})",
+        )
+
+
+def options_from_args(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``base`` (an options file) overlaid with every option flag the user gave."""
+    options = dict(base or {})
+    for name in Options.model_fields:
+        value = getattr(args, OPTION_DEST_PREFIX + name, None)
+        if value is not None:
+            options[name] = value
+    return options
+
+
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--progress auto|bar|plain|off``."""
+    parser.add_argument(
+        "--progress", choices=("auto", "bar", "plain", "off"), default="auto",
+        help="progress display on stderr: a bar on a terminal (auto), plain lines every"
+        f" {PLAIN_PROGRESS_INTERVAL_S:g} s otherwise, or none",
+    )
+
+
+# ----------------------------------------------------------------------- Ctrl-C
+
+
+def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop``.
+
+    The first Ctrl-C asks the engine to stop cleanly (nothing new starts,
+    uploads in flight are aborted, the summary and re-drive file are still
+    written); a second one raises ``KeyboardInterrupt`` at once.
+    """
+
+    async def wrapper() -> T:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed = _install_stop_handlers(loop, stop)
+        try:
+            return await main(stop)
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(wrapper())
+
+
+def _install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[int]:
+    installed: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            print(
+                "\nstopping: no new requests, uploads in flight are aborted"
+                " (Ctrl-C again to quit at once)", file=sys.stderr,
+            )
+        stop.set()
+        # Back to the default handler: a second Ctrl-C raises KeyboardInterrupt.
+        with contextlib.suppress(ValueError, RuntimeError):
+            loop.remove_signal_handler(signum)
+            installed.remove(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum)
+        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+            continue
+        installed.append(signum)
+    return installed
+
+
+# --------------------------------------------------------------------- progress
+
+
+@dataclass(slots=True)
+class Counts:
+    """Items finished so far."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, result: ItemResult) -> None:
+        """Count one finished item."""
+        self.done += 1
+        if not result.succeeded:
+            self.failed += 1
+
+    def line(self) -> str:
+        """``1234/100000 (1.2%), 3 failed, 456.7 items/s, 2.7 s elapsed``."""
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        share = 100.0 * self.done / self.total if self.total else 100.0
+        return (
+            f"{self.done}/{self.total} ({share:.1f}%), {self.failed} failed,"
+            f" {rate:.1f} items/s, {elapsed:.1f} s elapsed"
+        )
+
+
+class ProgressDisplay:
+    """Counts items as the engine reports them and shows progress on stderr.
+
+    A rich progress bar when stderr is a terminal and rich is installed; plain
+    lines at most every ``PLAIN_PROGRESS_INTERVAL_S`` otherwise (logs, CI, pipes).
+    Use as ``async with ProgressDisplay(...) as progress`` and pass
+    ``progress.on_item`` to the engine.
+    """
+
+    def __init__(
+        self, total: int, *, label: str, mode: str = "auto", stream: IO[str] | None = None
+    ) -> None:
+        """Args:
+        total: items the run will report.
+        label: shown before the bar or at the start of each line.
+        mode: ``auto``, ``bar``, ``plain`` or ``off``.
+        stream: where to draw (default stderr).
+        """
+        self.counts = Counts(total)
+        self._label = label
+        self._stream = stream or sys.stderr
+        self._mode = _resolve_mode(mode, self._stream)
+        self._bar: Any = None
+        self._task_id: Any = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    def on_item(self, result: ItemResult) -> None:
+        """The engine's ``on_item`` callback."""
+        self.counts.add(result)
+        if self._bar is not None:
+            self._bar.update(self._task_id, completed=self.counts.done, failed=self.counts.failed)
+
+    async def __aenter__(self) -> Self:
+        if self._mode == "bar":
+            self._start_bar()
+        elif self._mode == "plain":
+            print(f"{self._label}: {self.counts.total} items", file=self._stream, flush=True)
+            self._ticker = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            print(f"{self._label}: {self.counts.line()}", file=self._stream, flush=True)
+        if self._bar is not None:
+            self._bar.stop()
+
+    def _start_bar(self) -> None:
+        from rich.console import Console  # noqa: PLC0415 - optional, terminals only
+        from rich.progress import (  # noqa: PLC0415
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TaskProgressColumn(), TextColumn("[red]{task.fields[failed]} failed"),
+            TimeElapsedColumn(), TimeRemainingColumn(),
+            console=Console(file=self._stream), refresh_per_second=RICH_REFRESH_PER_S,
+        )
+        self._task_id = self._bar.add_task(self._label, total=self.counts.total, failed=0)
+        self._bar.start()
+
+    async def _tick(self) -> None:
+        # Bounded by the run: cancelled in __aexit__.
+        while True:
+            await asyncio.sleep(PLAIN_PROGRESS_INTERVAL_S)
+            print(f"{self._label}: {self.counts.line()}", file=self._stream, flush=True)
+
+
+def _resolve_mode(mode: str, stream: IO[str]) -> str:
+    if mode != "auto":
+        return "plain" if mode == "bar" and not rich_available() else mode
+    interactive = stream.isatty() and os.environ.get("TERM", "") != "dumb"
+    return "bar" if interactive and rich_available() else "plain"
+
+
+def rich_available() -> bool:
+    """Whether the optional ``rich`` package is installed (the ``cli`` extra)."""
+    try:
+        import rich  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- summary
+
+
+def human_bytes(count: int) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The summary table's rows from a result dict (DESIGN §6)."""
+    duration_s = max(result["duration_ms"], 1) / 1000
+    finished = result["succeeded"] + result["failed"]
+    succeeded = f"{result['succeeded']:,}"
+    if result.get("skipped_existing"):
+        succeeded += f" ({result['skipped_existing']:,} already there)"
+    records = result.get("records_ingested")
+    return [
+        ("requested", f"{result['requested']:,}"),
+        ("succeeded", succeeded),
+        ("failed", f"{result['failed']:,}"),
+        ("not attempted", f"{result['not_attempted']:,}"),
+        ("records", "unknown" if records is None else f"{records:,}"),
+        ("bytes", f"{human_bytes(result['bytes_written'])} ({result['bytes_written']:,})"),
+        ("retries", f"{result.get('retries', 0):,}"),
+        ("duration", f"{duration_s:.2f} s"),
+        ("items/s", f"{finished / duration_s:.1f}"),
+    ]
+
+
+def print_summary(
+    result: Mapping[str, Any], *, title: str, stream: IO[str] | None = None,
+    fancy: bool | None = None,
+) -> None:
+    """The summary table: rich on a terminal, aligned plain text otherwise."""
+    out = stream or sys.stdout
+    rows = summary_rows(result)
+    if fancy is None:
+        fancy = out.isatty() and rich_available()
+    if fancy:
+        _print_rich_table(title, rows, out)
+        return
+    width = max(len(name) for name, _ in rows)
+    print(title, file=out)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}", file=out)
+
+
+def _print_rich_table(title: str, rows: Sequence[tuple[str, str]], out: IO[str]) -> None:
+    from rich.console import Console  # noqa: PLC0415 - optional, terminals only
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name, value in rows:
+        table.add_row(name, value)
+    Console(file=out).print(table)
+
+
+def print_failures(result: Mapping[str, Any], stream: IO[str] | None = None) -> None:
+    """A few failed items, one line each (the manifest and re-drive file have them all)."""
+    out = stream or sys.stdout
+    failures = result.get("failures") or []
+    for failure in failures[:MAX_FAILURES_SHOWN]:
+        params = json.dumps(failure.get("params"), sort_keys=True)
+        print(
+            f"  item {failure['index']} {params}: {failure['kind']}: {failure['error']}",
+            file=out,
+        )
+    hidden = result["failed"] + result["not_attempted"] - min(len(failures), MAX_FAILURES_SHOWN)
+    if hidden > 0:
+        print(f"  ... and {hidden:,} more", file=out)
+
+
+def exit_code_for(result: Mapping[str, Any], *, interrupted: bool) -> int:
+    """0 when every item succeeded (even if Ctrl-C came last), 130 after Ctrl-C, 1 otherwise."""
+    if result["status"] == "SUCCESS":
+        return EXIT_OK
+    return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
