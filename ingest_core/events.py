@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from ingest_core.config import Options
-from ingest_core.errors import InvalidEventError
+from ingest_core.errors import BlockedError, InvalidEventError
 from ingest_core.keys import DEFAULT_KEY_TEMPLATE, KeyTemplate
 from ingest_core.netguard import NetPolicy, check_bucket, check_url
 from ingest_core.planner import count_date_range, expand_date_range
@@ -78,7 +78,10 @@ class ApiConfig(BaseModel):
     @field_validator("endpoint")
     @classmethod
     def _endpoint_allowed(cls, value: str, info: ValidationInfo) -> str:
-        check_url(value, _policy(info))
+        try:
+            check_url(value, _policy(info))
+        except BlockedError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("raw_bucket")
