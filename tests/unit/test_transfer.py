@@ -60,7 +60,7 @@ class MemoryWriter:
         return upload
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
-        self.objects[key] = path.read_bytes()
+        self.objects[key] = await asyncio.to_thread(path.read_bytes)
 
 
 async def chunks_of(body: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
