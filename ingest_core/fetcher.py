@@ -30,6 +30,7 @@ from ingest_core.retry import is_retryable_status, parse_retry_after
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DNS_CACHE_TTL_S = 60
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 USER_AGENT = "fanout-ingest/0.1 (+https://github.com/fanout-ingest)"
 
 
@@ -109,11 +110,17 @@ async def open_response(
         finally:
             response.release()
         if next_url.origin() != url.origin():
-            headers = {k: v for k, v in headers.items() if k not in request.secret_header_names}
+            headers = _same_origin_only(headers, request.secret_header_names)
         url, params = next_url, None
     raise HTTPStatusError(
         f"more than {MAX_REDIRECTS} redirects", status=response.status, retryable=False
     )
+
+
+def _same_origin_only(headers: Mapping[str, str], secret_names: frozenset[str]) -> dict[str, str]:
+    """Drop credentials before following a redirect to another origin (as browsers do)."""
+    dropped = {name.lower() for name in secret_names} | CREDENTIAL_HEADERS
+    return {k: v for k, v in headers.items() if k.lower() not in dropped}
 
 
 async def _get(
