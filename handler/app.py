@@ -10,6 +10,7 @@ size follows the event's ``concurrency``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import time
 from typing import Any
@@ -18,12 +19,20 @@ from aws_lambda_powertools import Logger, Metrics
 
 from ingest_core import PartialFailureError, parse_event, resolve_secret_headers
 from ingest_core.observability import publish_metrics, summary
-from ingest_core.runtime import execute
+from ingest_core.runtime import S3ClientPool, execute
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "fanout-ingest")
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FanoutIngest"))
 _runner = asyncio.Runner()
+_pool = S3ClientPool()  # lives as long as _runner's loop
+
+
+@atexit.register
+def _close() -> None:  # pragma: no cover - runs at interpreter exit
+    """Close pooled clients cleanly when a local process (CLI, tests) exits."""
+    _runner.run(_pool.aclose())
+    _runner.close()
 
 
 @metrics.log_metrics
@@ -33,7 +42,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.append_keys(request_id=job.request_id, source_id=job.api.source_id)
     deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000
     headers = {**job.api.headers, **resolve_secret_headers(job.api.secret_headers)}
-    outcome = _runner.run(execute(job, headers=headers, deadline=deadline))
+    outcome = _runner.run(execute(job, headers=headers, deadline=deadline, pool=_pool))
     publish_metrics(metrics, outcome.result, outcome.latencies_ms)
     logger.info("ingest summary", extra=summary(outcome.result))
     if job.options.fail_on_error and outcome.result["status"] != "SUCCESS":

@@ -118,9 +118,9 @@ class S3Writer:
 
     def __init__(
         self,
+        *,
         client: Any,
         bucket: str,
-        *,
         credentials: Any = None,
         http: aiohttp.ClientSession | None = None,
         endpoint_url: str | None = None,
@@ -173,17 +173,9 @@ class S3Writer:
         return S3MultipartUpload(self._client, self.bucket, key, answer["UploadId"])
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
-        """Upload a local file (the manifest) with the SDK."""
-        try:
-            await self._client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=await asyncio.to_thread(path.read_bytes),
-                ContentType=content_type,
-                ChecksumAlgorithm="CRC32",
-            )
-        except Exception as exc:
-            raise _s3_error("PutObject", exc) from exc
+        """Upload a local file (the manifest) in one PUT."""
+        data = await asyncio.to_thread(path.read_bytes)
+        await self.put(key, data, ObjectMeta(content_type=content_type))
 
     async def _sdk_put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
         try:
