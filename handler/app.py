@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import os
 import time
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 
 from ingest_core import PartialFailureError, parse_event, resolve_secret_headers
 from ingest_core.observability import publish_metrics, summary
@@ -23,6 +25,11 @@ from ingest_core.runtime import S3ClientPool, execute
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "fanout-ingest")
 logger = Logger(service=SERVICE)
+# The engine logs through stdlib loggers; give them the same JSON format and keys.
+copy_config_to_registered_loggers(
+    source_logger=logger,
+    include={name for name in logging.root.manager.loggerDict if name.startswith("ingest_core")},
+)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FanoutIngest"))
 _runner = asyncio.Runner()
 _pool = S3ClientPool()  # lives as long as _runner's loop
