@@ -88,8 +88,13 @@ def upload_plan(
     Items are encoded one at a time while the upload runs (multipart above 8 MiB), so a
     plan of millions of items never sits in memory whole.
 
+    Every item must be ``{"index": i, "params": {...}}`` with a plan-wide index: all
+    batches of one execution share its name as ``request_id``, so a bare params object
+    (numbered from 0 within its batch) would overwrite another batch's object.
+
     Args:
-        items: Plan items, usually ``{"index": i, "params": {...}}`` (DESIGN §3).
+        items: Plan items ``{"index": i, "params": {...}}`` (DESIGN §3), e.g. from the
+            planner; any iterable, consumed once.
         dest: ``s3://bucket/key``. A JSON Lines plan needs a ``.jsonl`` or ``.ndjson``
             key and a JSON-array plan any other key, because that is how the state
             machine picks its reader.
@@ -101,7 +106,8 @@ def upload_plan(
 
     Raises:
         InvalidEventError: When ``dest`` is malformed or its extension contradicts
-            ``jsonl``.
+            ``jsonl``, or an item lacks its index or params (then nothing is kept: the
+            upload is abandoned before it completes).
     """
     bucket, key = parse_s3_uri(dest, field="dest")
     if key.lower().endswith(JSONL_SUFFIXES) != jsonl:
@@ -109,7 +115,8 @@ def upload_plan(
         raise InvalidEventError(
             [("dest", f"for a {'JSON Lines' if jsonl else 'JSON array'} plan the key {wanted}")]
         )
-    chunks = _encode_jsonl(items) if jsonl else _encode_json_array(items)
+    checked = _checked_items(items)
+    chunks = _encode_jsonl(checked) if jsonl else _encode_json_array(checked)
     content_type = "application/x-ndjson" if jsonl else "application/json"
     with _client("s3", s3_client) as s3:
         s3.upload_fileobj(
@@ -158,7 +165,7 @@ def start_backfill(
         raise InvalidEventError(
             [("name", "must be 1-80 of A-Z a-z 0-9 _ . -, starting with a letter or digit")]
         )
-    payload = orjson.dumps(
+    payload = _dumps(
         {"plan": {"bucket": bucket, "key": key}, "api_config": api_config, "options": options or {}}
     )
     if len(payload) > MAX_EXECUTION_INPUT_BYTES:
@@ -315,18 +322,40 @@ def _client(service: str, given: Any, *, region: str | None = None) -> Iterator[
         client.close()
 
 
+def _checked_items(items: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    for position, item in enumerate(items):
+        index = item.get("index") if isinstance(item, Mapping) else None
+        valid_index = isinstance(index, int) and not isinstance(index, bool) and index >= 0
+        if not valid_index or not isinstance(item.get("params"), Mapping):
+            raise InvalidEventError(
+                [(f"items[{position}]", 'must be {"index": <int >= 0>, "params": {...}}')]
+            )
+        yield item
+
+
 def _encode_json_array(items: Iterable[Mapping[str, Any]]) -> Iterator[bytes]:
     yield b"["
     separator = b"\n"
     for item in items:
-        yield separator + orjson.dumps(item)
+        yield separator + _dumps(item)
         separator = b",\n"
     yield b"\n]\n"
 
 
 def _encode_jsonl(items: Iterable[Mapping[str, Any]]) -> Iterator[bytes]:
     for item in items:
-        yield orjson.dumps(item) + b"\n"
+        yield _dumps(item) + b"\n"
+
+
+def _dumps(value: object) -> bytes:
+    return orjson.dumps(value, default=_plain)
+
+
+def _plain(value: object) -> object:
+    """orjson serialises dicts only; accept any Mapping the caller hands in."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 class _ChunkStream(io.RawIOBase):

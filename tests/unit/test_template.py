@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -63,23 +62,23 @@ class _NoManagedPolicies:
         return {}
 
 
-@cache
 def _template_text() -> str:
     return TEMPLATE_PATH.read_text()
 
 
 def load_template() -> dict[str, Any]:
-    """template.yaml as a dict, with CloudFormation short tags (!Ref ...) expanded."""
+    """template.yaml as a fresh dict, with CloudFormation short tags (!Ref ...) expanded."""
     parsed: dict[str, Any] = yaml_parse(_template_text())
-    return copy.deepcopy(parsed)
+    return parsed
 
 
 def _state_machine(template: dict[str, Any]) -> dict[str, Any]:
-    (machine,) = [
+    machines: list[dict[str, Any]] = [
         resource
         for resource in template["Resources"].values()
         if resource["Type"] == "AWS::Serverless::StateMachine"
     ]
+    (machine,) = machines
     return machine
 
 
