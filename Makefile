@@ -44,3 +44,19 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) tools/asl/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+## build-IngestFunction: what `sam build` runs (template.yaml: Metadata BuildMethod makefile)
+# SAM sets ARTIFACTS_DIR. The runtime dependencies are installed as manylinux arm64
+# wheels for the function's Python, so any host with python3 and pip builds it without
+# Docker; only handler/ and ingest_core/ join them (tests/unit/test_packaging.py checks
+# these two values against the function's Runtime and Architectures).
+LAMBDA_PYTHON_VERSION := 3.13
+LAMBDA_PLATFORM := manylinux2014_aarch64
+
+.PHONY: build-IngestFunction
+build-IngestFunction:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile --no-warn-conflicts \
+		--target "$(ARTIFACTS_DIR)" --platform $(LAMBDA_PLATFORM) --implementation cp \
+		--python-version $(LAMBDA_PYTHON_VERSION) --only-binary=:all: -r requirements-lambda.txt
+	cp -R handler ingest_core "$(ARTIFACTS_DIR)/"
+	find "$(ARTIFACTS_DIR)/handler" "$(ARTIFACTS_DIR)/ingest_core" -name __pycache__ -type d -prune -exec rm -rf {} +
