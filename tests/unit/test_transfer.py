@@ -23,10 +23,10 @@ class MemoryUpload:
         self.store, self.key = store, key
         self.parts: list[bytes] = []
 
-    async def upload_part(self, data: bytes) -> None:
+    async def upload_part(self, data: bytes | memoryview) -> None:
         if self.store.fail_part is not None and len(self.parts) + 1 == self.store.fail_part:
             raise S3WriteError("injected part failure")
-        self.parts.append(data)
+        self.parts.append(bytes(data))  # the caller reuses its buffer after the call
 
     async def complete(self) -> None:
         self.store.objects[self.key] = b"".join(self.parts)
