@@ -32,6 +32,7 @@ import aiohttp
 from yarl import URL
 
 from ingest_core.errors import S3WriteError
+from ingest_core.sigv4 import sign_put
 
 SMALL_BODY = 256 * 1024
 S3_MAX_ATTEMPTS = 3  # botocore's standard retry mode
@@ -145,6 +146,11 @@ class S3Writer:
         self.lean = credentials is not None and http is not None
         self._region = client.meta.region_name or "us-east-1"
         self._base = _object_base_url(endpoint_url, bucket, self._region)
+        base = URL(self._base)
+        # The Host header aiohttp will send, which the signature must cover.
+        self._host = (
+            f"{base.raw_host}" if base.is_default_port() else f"{base.raw_host}:{base.port}"
+        )
 
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -208,9 +214,7 @@ class S3Writer:
         url = self._base + quote(key, safe="/~")
         headers = await self._signed_headers(url, data, meta)
         try:
-            async with self._http.put(
-                URL(url, encoded=True), data=data, headers=headers
-            ) as resp:
+            async with self._http.put(URL(url, encoded=True), data=data, headers=headers) as resp:
                 if resp.status == 200:
                     return
                 raise _lean_error(resp.status, await resp.read())
@@ -220,15 +224,19 @@ class S3Writer:
             raise error from exc
 
     async def _signed_headers(self, url: str, data: bytes, meta: ObjectMeta) -> dict[str, str]:
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-
+        # Frozen per request: refreshing credentials (a role's) renew themselves here.
         frozen = await self._credentials.get_frozen_credentials()
         headers = _lean_meta_headers(meta)
         headers["Content-MD5"] = base64.b64encode(hashlib.md5(data).digest()).decode()
-        request = AWSRequest(method="PUT", url=url, data=data, headers=headers)
-        S3SigV4Auth(frozen, "s3", self._region).add_auth(request)
-        return dict(request.headers.items())
+        target = URL(url, encoded=True)
+        return sign_put(
+            host=self._host,
+            path=target.raw_path,
+            region=self._region,
+            credentials=frozen,
+            headers=headers,
+            payload=data,
+        )
 
 
 class S3MultipartUpload:
