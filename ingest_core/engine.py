@@ -37,7 +37,7 @@ from ingest_core.fetcher import (
     make_http_session,
     open_response,
 )
-from ingest_core.keys import params_hash
+from ingest_core.keys import KeyTemplate, params_hash
 from ingest_core.limits import ByteBudget, TokenBucket
 from ingest_core.results import ItemResult, ItemStatus, Tally
 from ingest_core.retry import backoff_s
@@ -85,11 +85,13 @@ class _Run:
     on_item: ItemCallback | None
     budget: ByteBudget = field(init=False)
     bucket: TokenBucket = field(init=False)
+    template: KeyTemplate = field(init=False)
     inflight: set[asyncio.Task[ItemResult]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.budget = ByteBudget(self.job.options.memory_budget)
         self.bucket = TokenBucket(self.job.options.rate_limit_per_s)
+        self.template = self.job.api.template  # parsed once, not per item
 
     def record(self, result: ItemResult) -> None:
         self.tally.add(result)
@@ -194,6 +196,13 @@ async def _fan_out(run: _Run, stop: asyncio.Event | None) -> tuple[int | None, i
         if not all(worker.done() for worker in workers):
             _stop_now(run)
         await asyncio.gather(*workers)
+    except asyncio.CancelledError:
+        # Cancelled from outside: abort the uploads in flight before letting go, or
+        # orphaned workers would outlive the sessions and clients they write through.
+        run.clock.reason = "cancelled"
+        _stop_now(run)
+        await asyncio.wait(workers)
+        raise
     finally:
         for task in waited:
             task.cancel()
@@ -263,7 +272,7 @@ def _not_attempted(run: _Run, item: PlannedItem, why: str | None = None) -> Item
 
 def _key(run: _Run, item: PlannedItem) -> str:
     suffix = ".gz" if run.job.options.compress else ""
-    return run.job.api.template.render(
+    return run.template.render(
         source_id=run.job.api.source_id,
         request_id=run.job.request_id,
         index=item.index,
