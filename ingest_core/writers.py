@@ -35,6 +35,7 @@ from ingest_core.errors import S3WriteError
 from ingest_core.sigv4 import sign_put
 
 SMALL_BODY = 256 * 1024
+FILE_PART_SIZE = 8 * 1024 * 1024
 S3_MAX_ATTEMPTS = 3  # botocore's standard retry mode
 S3_BACKOFF_CAP_S = 20.0
 S3_RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
@@ -115,6 +116,27 @@ class ObjectWriter(Protocol):
         """Store a local file (the manifest)."""
 
 
+async def put_file_in_parts(
+    writer: ObjectWriter, key: str, path: Path, meta: ObjectMeta, part_size: int = FILE_PART_SIZE
+) -> None:
+    """Store a local file with at most one part of it in memory at a time."""
+    with path.open("rb") as source:
+        first = await asyncio.to_thread(source.read, part_size)
+        if len(first) < part_size:
+            await writer.put(key, first, meta)
+            return
+        upload = await writer.start_multipart(key, meta)
+        try:
+            part = first
+            while part:
+                await upload.upload_part(part)
+                part = await asyncio.to_thread(source.read, part_size)
+            await upload.complete()
+        except BaseException:
+            await upload.abort()
+            raise
+
+
 # ---------------------------------------------------------------------------- S3
 
 
@@ -183,9 +205,12 @@ class S3Writer:
         return S3MultipartUpload(self._client, self.bucket, key, answer["UploadId"])
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
-        """Upload a local file (the manifest) in one PUT."""
-        data = await asyncio.to_thread(path.read_bytes)
-        await self.put(key, data, ObjectMeta(content_type=content_type))
+        """Upload a local file (the manifest): one PUT, or parts when it is large.
+
+        Streamed part by part so that a 100,000-line manifest does not land in
+        memory whole at the end of a run.
+        """
+        await put_file_in_parts(self, key, path, ObjectMeta(content_type=content_type))
 
     async def _sdk_put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
         try:
@@ -450,8 +475,7 @@ class LocalDirWriter:
         return LocalUpload(self._path(key))
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
-        data = await asyncio.to_thread(path.read_bytes)
-        await self.put(key, data, ObjectMeta(content_type=content_type))
+        await put_file_in_parts(self, key, path, ObjectMeta(content_type=content_type))
 
 
 class LocalUpload:
