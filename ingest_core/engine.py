@@ -86,7 +86,6 @@ class _Run:
     budget: ByteBudget = field(init=False)
     bucket: TokenBucket = field(init=False)
     template: KeyTemplate = field(init=False)
-    inflight: set[asyncio.Task[ItemResult]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.budget = ByteBudget(self.job.options.memory_budget)
@@ -181,7 +180,8 @@ async def run_job(
 
 async def _fan_out(run: _Run, stop: asyncio.Event | None) -> tuple[int | None, int | None]:
     items = _tracking(run.job.items())
-    workers = [asyncio.create_task(_worker(run, items)) for _ in range(run.job.options.concurrency)]
+    count = max(1, min(run.job.options.concurrency, run.job.requested))
+    workers = [asyncio.create_task(_worker(run, items)) for _ in range(count)]
     # Wake on whichever comes first: every worker done, a stop request, the hard stop.
     all_done = asyncio.create_task(asyncio.wait(workers))
     waited: list[asyncio.Task[Any]] = [all_done]
@@ -194,13 +194,14 @@ async def _fan_out(run: _Run, stop: asyncio.Event | None) -> tuple[int | None, i
         if stop is not None and stop.is_set():
             run.clock.reason = "interrupted"
         if not all(worker.done() for worker in workers):
-            _stop_now(run)
+            _stop_now(run, workers)
         await asyncio.gather(*workers)
+        _drain(run, items)
     except asyncio.CancelledError:
         # Cancelled from outside: abort the uploads in flight before letting go, or
         # orphaned workers would outlive the sessions and clients they write through.
         run.clock.reason = "cancelled"
-        _stop_now(run)
+        _stop_now(run, workers)
         await asyncio.wait(workers)
         raise
     finally:
@@ -209,10 +210,16 @@ async def _fan_out(run: _Run, stop: asyncio.Event | None) -> tuple[int | None, i
     return items.first, items.last
 
 
-def _stop_now(run: _Run) -> None:
+def _stop_now(run: _Run, workers: list[asyncio.Task[None]]) -> None:
     run.clock.stopping = True
-    for task in list(run.inflight):
-        task.cancel()
+    for worker in workers:
+        worker.cancel()
+
+
+def _drain(run: _Run, items: Iterator[PlannedItem]) -> None:
+    """Report every item no worker took as not attempted."""
+    for item in items:
+        run.record(_not_attempted(run, item))
 
 
 class _tracking(Iterator[PlannedItem]):
@@ -231,32 +238,27 @@ class _tracking(Iterator[PlannedItem]):
 
 
 async def _worker(run: _Run, items: Iterator[PlannedItem]) -> None:
+    """Take items from the shared plan until it is empty or the run is stopped.
+
+    Each item runs in the worker's own task (no task per item: that was a
+    measurable share of the CPU per item). Stopping cancels the workers; the
+    item in flight aborts its upload and is reported as not attempted.
+    """
     for item in items:
         if not run.clock.may_start():
             run.record(_not_attempted(run, item))
             continue
-        task = asyncio.create_task(_process(run, item))
-        run.inflight.add(task)
         try:
-            result = await task
+            result = await _process(run, item)
         except asyncio.CancelledError:
             if not run.clock.stopping:
                 raise
-            result = await _settled(run, item, task)
+            run.record(_not_attempted(run, item, f"{run.clock.reason}; any upload was aborted"))
+            return  # the rest of the plan is drained by _fan_out
         except Exception as exc:  # a bug must not lose the item: report it
             log.exception("unexpected error on item %s", item.index)
             result = _failed(item, _key(run, item), exc, attempts=1, started=time.monotonic())
-        finally:
-            run.inflight.discard(task)
         run.record(result)
-
-
-async def _settled(run: _Run, item: PlannedItem, task: asyncio.Task[ItemResult]) -> ItemResult:
-    """Wait for a cancelled item to finish aborting, then report it as not attempted."""
-    try:
-        return await task
-    except asyncio.CancelledError:
-        return _not_attempted(run, item, f"{run.clock.reason}; any upload was aborted")
 
 
 def _not_attempted(run: _Run, item: PlannedItem, why: str | None = None) -> ItemResult:
