@@ -26,7 +26,7 @@ test: $(STAMP) tools/asl/node_modules/.installed
 
 ## soak: 20,000 items with injected faults (also run by .ci/run)
 soak: $(STAMP)
-	$(BIN)/pytest -q -m soak -W error::ResourceWarning
+	$(BIN)/pytest -q -m soak tests/soak
 
 ## bench: the benchmark suite; results and plots in benchmarks/results/
 bench: $(STAMP)

@@ -383,6 +383,8 @@ def _map_items(items: list[MapItem], offset: int) -> Iterator[PlannedItem]:
 def _check_keys(job: Job) -> None:
     """Render every key once: a bad or colliding key fails the event, not an item."""
     template = job.api.template
+    # The same suffix the engine adds: a key valid without ".gz" may be over 1,024 bytes with it.
+    suffix = ".gz" if job.options.compress else ""
     # Generated indexes are unique, so a template using {index} cannot collide
     # there; remembering a million keys to prove it would cost memory for nothing.
     remember = job.is_map_batch or "{index}" not in job.api.key_template
@@ -395,6 +397,7 @@ def _check_keys(job: Job) -> None:
                 request_id=job.request_id,
                 index=item.index,
                 params=item.params,
+                suffix=suffix,
             )
         except ValueError as exc:
             problems.append((f"api_config.key_template (item {item.index})", str(exc)))

@@ -20,7 +20,7 @@ import aiohttp
 from ingest_core.engine import ItemCallback, RunOutcome, run_job
 from ingest_core.events import Job
 from ingest_core.settings import Settings
-from ingest_core.writers import LocalDirWriter, ObjectWriter, S3Writer
+from ingest_core.writers import S3_MAX_ATTEMPTS, LocalDirWriter, ObjectWriter, S3Writer
 
 S3_CONNECT_TIMEOUT_S = 10
 S3_READ_TIMEOUT_S = 60
@@ -43,7 +43,9 @@ def s3_config(concurrency: int) -> Any:
 
     return AioConfig(
         max_pool_connections=concurrency,  # botocore's default of 10 would cap the fan-out
-        retries={"mode": "standard", "max_attempts": 3},
+        # total_max_attempts, not max_attempts: botocore reads the latter as *retries*
+        # (3 would mean 4 attempts), and the lean PUT path makes S3_MAX_ATTEMPTS in all.
+        retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
         connect_timeout=S3_CONNECT_TIMEOUT_S,
         read_timeout=S3_READ_TIMEOUT_S,
     )

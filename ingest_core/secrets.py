@@ -8,7 +8,10 @@ put in an exception message; messages name the header and the reference only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -16,6 +19,30 @@ import orjson
 from ingest_core.errors import SecretResolutionError
 
 SECRET_CACHE_S = 300
+# botocore logs whole request params and response bodies at DEBUG ("Response body:
+# b'{... "SecretString": ...}'"), so a DEBUG root logger would print every secret
+# fetched. Their records are dropped while this thread fetches a secret.
+BOTOCORE_BODY_LOGGERS = ("botocore.parsers", "botocore.endpoint")
+_fetching = threading.local()
+
+
+class _DropWhileFetching(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_fetching, "active", False)
+
+
+_DROP_WHILE_FETCHING = _DropWhileFetching()
+for _name in BOTOCORE_BODY_LOGGERS:
+    logging.getLogger(_name).addFilter(_DROP_WHILE_FETCHING)
+
+
+@contextmanager
+def _botocore_quiet() -> Iterator[None]:
+    _fetching.active = True
+    try:
+        yield
+    finally:
+        _fetching.active = False
 
 
 def resolve_secret_headers(secret_headers: Mapping[str, str]) -> dict[str, str]:
@@ -29,10 +56,11 @@ def resolve_secret_headers(secret_headers: Mapping[str, str]) -> dict[str, str]:
 
 def _resolve(header: str, ref: str) -> str:
     try:
-        if ref.startswith("ssm:"):
-            return _ssm(ref.removeprefix("ssm:"))
-        name, _, json_key = ref.removeprefix("secretsmanager:").partition("#")
-        return _secret(name, json_key or None)
+        with _botocore_quiet():
+            if ref.startswith("ssm:"):
+                return _ssm(ref.removeprefix("ssm:"))
+            name, _, json_key = ref.removeprefix("secretsmanager:").partition("#")
+            return _secret(name, json_key or None)
     except SecretResolutionError as exc:
         raise SecretResolutionError(f"secret_headers.{header} ({ref}): {exc}") from None
     except Exception as exc:
