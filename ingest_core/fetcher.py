@@ -8,6 +8,7 @@ subclass is covered).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ async def open_response(
     Raises:
         FetchError: any failure, already translated.
     """
-    url = check_url(request.url, policy)
+    url = _checked_endpoint(request.url, policy)
     headers = dict(request.headers)
     params: list[tuple[str, str]] | None = request.params
     for _hop in range(MAX_REDIRECTS + 1):
@@ -115,6 +116,16 @@ async def open_response(
     raise HTTPStatusError(
         f"more than {MAX_REDIRECTS} redirects", status=response.status, retryable=False
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_endpoint(url: str, policy: NetPolicy) -> URL:
+    """``check_url`` for the endpoint, once per distinct URL and policy, not per request.
+
+    A pure function of its (immutable) arguments; redirect targets are still
+    checked on every hop, and resolved addresses in the connector.
+    """
+    return check_url(url, policy)
 
 
 def _same_origin_only(headers: Mapping[str, str], secret_names: frozenset[str]) -> dict[str, str]:
