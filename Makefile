@@ -3,6 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+CLI_STAMP := $(VENV)/.installed-cli
 
 .PHONY: demo test soak bench bench-quick lint typecheck clean
 
@@ -12,12 +13,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# The demo needs only the cli extra (rich, moto's server); the dev extra includes it.
+$(CLI_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[cli]'
+	touch $@
+
 tools/asl/node_modules/.installed: tools/asl/package.json tools/asl/package-lock.json
 	npm ci --prefix tools/asl --no-audit --no-fund --loglevel=error
 	touch $@
 
 ## demo: offline end-to-end run (embedded API + embedded S3), exits 0 on the expected outcome
-demo: $(STAMP)
+demo: $(CLI_STAMP)
 	$(BIN)/fanout-ingest demo
 
 ## test: unit + functional tests (real local servers), template and ASL checks

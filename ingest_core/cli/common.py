@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -70,6 +71,21 @@ class UsageError(Exception):
     def __init__(self, *problems: tuple[str, str]) -> None:
         self.problems = list(problems)
         super().__init__("; ".join(f"{flag}: {reason}" for flag, reason in problems))
+
+
+class CommandError(Exception):
+    """The command could not do its work (AWS refused, say): exit 1 with the message."""
+
+
+@contextlib.contextmanager
+def aws_errors(operation: str) -> Iterator[None]:
+    """Turn botocore/boto3 errors (no credentials, access denied, ...) into ``CommandError``."""
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith(("botocore", "boto3", "s3transfer")):
+            raise
+        raise CommandError(f"{operation}: {type(exc).__name__}: {exc}") from exc
 
 
 def report_usage_error(command: str, error: UsageError, stream: IO[str] | None = None) -> int:
@@ -136,7 +152,7 @@ def flag_for_field(event_field: str, reason: str) -> str:
         name = event_field.split(".")[1]
         return option_flag(name) if name in Options.model_fields else event_field
     for prefix, flag in EVENT_FIELD_FLAGS:
-        if event_field == prefix or event_field.startswith((prefix + ".", prefix + " ", prefix + "[")):
+        if event_field == prefix or event_field.startswith(tuple(prefix + c for c in ". [")):
             return flag
     return event_field
 
@@ -240,7 +256,9 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
                 default=None, help=text,
             )
             continue
-        kind = info.annotation if info.annotation in (int, float) else str
+        kind: Callable[[str], Any] = float if info.annotation is float else int
+        if info.annotation not in (int, float):
+            kind = str
         metavar = "N" if kind is int else "X"
         group.add_argument(
             option_flag(name), dest=dest, type=kind, default=None, metavar=metavar,
@@ -248,7 +266,9 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def options_from_args(args: argparse.Namespace, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def options_from_args(
+    args: argparse.Namespace, base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """``base`` (an options file) overlaid with every option flag the user gave."""
     options = dict(base or {})
     for name in Options.model_fields:
@@ -258,7 +278,7 @@ def options_from_args(args: argparse.Namespace, base: Mapping[str, Any] | None =
     return options
 
 
-def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+def add_progress_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--progress auto|bar|plain|off``."""
     parser.add_argument(
         "--progress", choices=("auto", "bar", "plain", "off"), default="auto",
@@ -270,18 +290,25 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------- Ctrl-C
 
 
-def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]]) -> T:
+STOP_MESSAGE = (
+    "stopping: no new requests, uploads in flight are aborted (Ctrl-C again to quit at once)"
+)
+
+
+def run_async(
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, T]], *, message: str = STOP_MESSAGE
+) -> T:
     """Run ``main(stop)`` on a fresh event loop; SIGINT/SIGTERM set ``stop``.
 
     The first Ctrl-C asks the engine to stop cleanly (nothing new starts,
     uploads in flight are aborted, the summary and re-drive file are still
-    written); a second one raises ``KeyboardInterrupt`` at once.
+    written) and prints ``message``; a second one raises ``KeyboardInterrupt``.
     """
 
     async def wrapper() -> T:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        installed = _install_stop_handlers(loop, stop)
+        installed = _install_stop_handlers(loop, stop, message)
         try:
             return await main(stop)
         finally:
@@ -291,20 +318,21 @@ def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(wrapper())
 
 
-def _install_stop_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[int]:
+def _install_stop_handlers(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, message: str
+) -> list[int]:
     installed: list[int] = []
 
     def on_signal(signum: int) -> None:
-        if not stop.is_set():
-            print(
-                "\nstopping: no new requests, uploads in flight are aborted"
-                " (Ctrl-C again to quit at once)", file=sys.stderr,
-            )
+        first = not stop.is_set()
         stop.set()
         # Back to the default handler: a second Ctrl-C raises KeyboardInterrupt.
         with contextlib.suppress(ValueError, RuntimeError):
             loop.remove_signal_handler(signum)
             installed.remove(signum)
+        if first:
+            with contextlib.suppress(OSError):  # stderr may be a closed pipe by now
+                print(f"\n{message}", file=sys.stderr, flush=True)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -397,8 +425,8 @@ class ProgressDisplay:
             self._bar.stop()
 
     def _start_bar(self) -> None:
-        from rich.console import Console  # noqa: PLC0415 - optional, terminals only
-        from rich.progress import (  # noqa: PLC0415
+        from rich.console import Console
+        from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
             Progress,
@@ -434,10 +462,9 @@ def _resolve_mode(mode: str, stream: IO[str]) -> str:
 def rich_available() -> bool:
     """Whether the optional ``rich`` package is installed (the ``cli`` extra)."""
     try:
-        import rich  # noqa: F401, PLC0415
-    except ImportError:
+        return importlib.util.find_spec("rich") is not None
+    except (ImportError, ValueError):  # ValueError: a stubbed-out sys.modules entry
         return False
-    return True
 
 
 # ---------------------------------------------------------------------- summary
@@ -493,8 +520,8 @@ def print_summary(
 
 
 def _print_rich_table(title: str, rows: Sequence[tuple[str, str]], out: IO[str]) -> None:
-    from rich.console import Console  # noqa: PLC0415 - optional, terminals only
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")

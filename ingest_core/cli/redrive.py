@@ -3,7 +3,8 @@
 JSON Lines. The first line is the header, the context of the run::
 
     {"fanout_ingest_redrive": 1, "request_id": "...", "dest": "s3://bucket/prefix",
-     "manifest_prefix": "prefix/", "api_config": {...}, "options": {...}}
+     "manifest_prefix": "prefix/", "api_config": {...}, "options": {...},
+     "allow_private_networks": false}
 
 and every further line is one item that failed or was not attempted::
 
@@ -46,6 +47,7 @@ class RedriveContext:
     manifest_prefix: str
     api_config: dict[str, Any]
     options: dict[str, Any]
+    allow_private_networks: bool = False  # --allow-private-networks, needed again to retry
 
     def header_line(self) -> bytes:
         """The first line of the file."""
@@ -61,6 +63,7 @@ class RedriveContext:
                 request_id=str(header["request_id"]), dest=str(header["dest"]),
                 manifest_prefix=str(header.get("manifest_prefix", "")),
                 api_config=dict(header["api_config"]), options=dict(header.get("options", {})),
+                allow_private_networks=header.get("allow_private_networks") is True,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError((RETRY_FLAG, f"{path}: header lacks {exc}")) from None
@@ -133,7 +136,8 @@ def _open_private(path: Path) -> IO[bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as exc:
-        raise UsageError(("--redrive-file", f"cannot write {path}: {exc.strerror or exc}")) from None
+        reason = f"cannot write {path}: {exc.strerror or exc}"
+        raise UsageError(("--redrive-file", reason)) from None
     return os.fdopen(fd, "wb")
 
 
