@@ -29,7 +29,12 @@ from ingest_core.cli.common import (
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
-        demo.COMMAND, backfill.COMMAND, run.COMMAND, plan.COMMAND, launch.COMMAND, bench.COMMAND,
+        demo.COMMAND,
+        backfill.COMMAND,
+        run.COMMAND,
+        plan.COMMAND,
+        launch.COMMAND,
+        bench.COMMAND,
     )
 }
 
@@ -57,8 +62,11 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
     for command in (commands or COMMANDS).values():
         description = textwrap.fill(command.description or command.help, DESCRIPTION_WIDTH)
         sub = subparsers.add_parser(
-            command.name, help=command.help, description=description,
-            epilog=command.epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+            command.name,
+            help=command.help,
+            description=description,
+            epilog=command.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(sub)
         sub.set_defaults(_command=command)

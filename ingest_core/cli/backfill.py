@@ -62,8 +62,20 @@ LOCAL_BUCKET = "local-folder"
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # Flags a re-drive file replaces: it carries what they would set.
 _EVENT_FLAGS = (
-    "endpoint", "source_id", "start", "end", "param", "step", "format", "query", "header",
-    "secret_header", "key_template", "records_path", "request_id", "dest",
+    "endpoint",
+    "source_id",
+    "start",
+    "end",
+    "param",
+    "step",
+    "format",
+    "query",
+    "header",
+    "secret_header",
+    "key_template",
+    "records_path",
+    "request_id",
+    "dest",
 )
 
 EPILOG = """\
@@ -101,25 +113,28 @@ def parse_dest(text: str) -> Dest:
     match = _SCHEME_RE.match(text)
     scheme = match.group(1).lower() if match else None
     if scheme == "s3":
-        bucket, _, prefix = text[len("s3://"):].partition("/")
+        bucket, _, prefix = text[len("s3://") :].partition("/")
         if not bucket:
             raise UsageError(("--dest", f"{text!r} names no bucket: use s3://bucket[/prefix]"))
         prefix = "/".join(part for part in prefix.split("/") if part)
         prefix = f"{prefix}/" if prefix else ""
         return Dest(text=f"s3://{bucket}/{prefix}", bucket=bucket, prefix=prefix)
     if scheme not in (None, "file"):
-        raise UsageError((
-            "--dest",
-            f"unknown scheme {scheme + '://'!r}: use s3://bucket[/prefix] or a local folder",
-        ))
+        raise UsageError(
+            (
+                "--dest",
+                f"unknown scheme {scheme + '://'!r}: use s3://bucket[/prefix] or a local folder",
+            )
+        )
     folder = Path(text.removeprefix("file://") if scheme else text).expanduser().resolve()
     if folder.exists() and not folder.is_dir():
         raise UsageError(("--dest", f"{folder} exists and is not a folder"))
     return Dest(text=str(folder), folder=folder)
 
 
-def default_request_id(start: str, end: str, step: str, *, param: str, fmt: str,
-                       extra: dict[str, str]) -> str:
+def default_request_id(
+    start: str, end: str, step: str, *, param: str, fmt: str, extra: dict[str, str]
+) -> str:
     """``backfill-20250101-20250331-1d``: the same flags always give the same id.
 
     So a re-run with ``--skip-existing`` resumes onto the same keys. A non-default
@@ -145,17 +160,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_what(parser.add_argument_group("what to fetch"))
     where = parser.add_argument_group("where it goes")
     where.add_argument(
-        "--dest", metavar="DEST",
+        "--dest",
+        metavar="DEST",
         help="s3://bucket[/prefix] (AWS_ENDPOINT_URL_S3 for S3-compatible servers)"
         " or a local folder, laid out like the keys",
     )
     where.add_argument(
-        "--key-template", metavar="T",
+        "--key-template",
+        metavar="T",
         help=f"object key template (default: {DEFAULT_KEY_TEMPLATE});"
         " an s3 prefix is put before it",
     )
     where.add_argument(
-        "--request-id", metavar="ID",
+        "--request-id",
+        metavar="ID",
         help="the {request_id} in keys; default: derived from the range and step"
         " (backfill-20250101-20250331-1d), so a re-run with --skip-existing resumes"
         " onto the same keys",
@@ -171,7 +189,8 @@ def _add_what(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--start", metavar="DATE", help="first date (ISO; inclusive)")
     group.add_argument("--end", metavar="DATE", help="last date (ISO; inclusive)")
     group.add_argument(
-        "--param", metavar="NAME",
+        "--param",
+        metavar="NAME",
         help=f"query parameter carrying the date (default: {DEFAULT_PARAM})",
     )
     group.add_argument(
@@ -181,25 +200,36 @@ def _add_what(group: argparse._ArgumentGroup) -> None:
         "--format", metavar="FMT", help="strftime format of each date (default: %%Y-%%m-%%d)"
     )
     group.add_argument(
-        "--query", metavar="K=V", type=key_value, action="append",
+        "--query",
+        metavar="K=V",
+        type=key_value,
+        action="append",
         help="a fixed parameter added to every request (repeatable)",
     )
     group.add_argument(
-        "--header", metavar="K:V", type=header_pair, action="append",
+        "--header",
+        metavar="K:V",
+        type=header_pair,
+        action="append",
         help="a request header (repeatable; kept in the re-drive file, so use"
         " --secret-header for credentials)",
     )
     group.add_argument(
-        "--secret-header", metavar="K=REF", type=key_value, action="append",
+        "--secret-header",
+        metavar="K=REF",
+        type=key_value,
+        action="append",
         help="a header whose value is read at run time from secretsmanager:NAME[#key]"
         " or ssm:/name (repeatable)",
     )
     group.add_argument(
-        "--records-path", metavar="PATH",
+        "--records-path",
+        metavar="PATH",
         help="dotted path of the records array in each body, e.g. data.items",
     )
     group.add_argument(
-        "--allow-private-networks", action="store_true",
+        "--allow-private-networks",
+        action="store_true",
         help=f"let the endpoint be http or a private address"
         f" (as {ENV_ALLOW_PRIVATE_NETWORKS}=true does)",
     )
@@ -207,11 +237,15 @@ def _add_what(group: argparse._ArgumentGroup) -> None:
 
 def _add_runs(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
-        "--retry-from", metavar="FILE", type=Path,
+        "--retry-from",
+        metavar="FILE",
+        type=Path,
         help="re-run exactly the items of a re-drive file, onto the same keys",
     )
     group.add_argument(
-        "--redrive-file", metavar="FILE", type=Path,
+        "--redrive-file",
+        metavar="FILE",
+        type=Path,
         help="where to list the items that did not succeed (default:"
         " ./fanout-redrive-<request_id>.jsonl, or the --retry-from file)",
     )
@@ -219,7 +253,8 @@ def _add_runs(group: argparse._ArgumentGroup) -> None:
         "--options", metavar="FILE", help="a JSON object of options; option flags override it"
     )
     group.add_argument(
-        "--json", action="store_true",
+        "--json",
+        action="store_true",
         help="print the result as JSON on stdout instead of the summary table",
     )
 
@@ -240,24 +275,38 @@ class Prepared:
 
 
 def _from_flags(args: argparse.Namespace) -> tuple[dict[str, Any], Dest]:
-    required = {"--endpoint": args.endpoint, "--source-id": args.source_id,
-                "--start": args.start, "--end": args.end, "--dest": args.dest}
+    required = {
+        "--endpoint": args.endpoint,
+        "--source-id": args.source_id,
+        "--start": args.start,
+        "--end": args.end,
+        "--dest": args.dest,
+    }
     missing = [flag for flag, value in required.items() if value is None]
     if missing:
         raise UsageError(*[(flag, "required (or --retry-from FILE)") for flag in missing])
     dest = parse_dest(args.dest)
     date_range = {
-        "start": args.start, "end": args.end, "param": _given(args.param, DEFAULT_PARAM),
-        "step": _given(args.step, DEFAULT_STEP), "format": _given(args.format, DEFAULT_FORMAT),
+        "start": args.start,
+        "end": args.end,
+        "param": _given(args.param, DEFAULT_PARAM),
+        "step": _given(args.step, DEFAULT_STEP),
+        "format": _given(args.format, DEFAULT_FORMAT),
         "extra_params": dict(args.query or []),
     }
     request_id = args.request_id or default_request_id(
-        date_range["start"], date_range["end"], date_range["step"], param=date_range["param"],
-        fmt=date_range["format"], extra=date_range["extra_params"],
+        date_range["start"],
+        date_range["end"],
+        date_range["step"],
+        param=date_range["param"],
+        fmt=date_range["format"],
+        extra=date_range["extra_params"],
     )
     event = {
-        "api_config": _api_config(args, dest), "options": _options(args),
-        "request_id": request_id, "date_range": date_range,
+        "api_config": _api_config(args, dest),
+        "options": _options(args),
+        "request_id": request_id,
+        "date_range": date_range,
     }
     return event, dest
 
@@ -269,10 +318,12 @@ def _given(value: str | None, default: str) -> str:
 
 def _api_config(args: argparse.Namespace, dest: Dest) -> dict[str, Any]:
     config: dict[str, Any] = {
-        "endpoint": args.endpoint, "source_id": args.source_id,
+        "endpoint": args.endpoint,
+        "source_id": args.source_id,
         "raw_bucket": dest.bucket or LOCAL_BUCKET,
         "key_template": dest.prefix + _given(args.key_template, DEFAULT_KEY_TEMPLATE),
-        "headers": dict(args.header or []), "secret_headers": dict(args.secret_header or []),
+        "headers": dict(args.header or []),
+        "secret_headers": dict(args.secret_header or []),
     }
     if args.records_path is not None:
         config["records_path"] = args.records_path
@@ -291,8 +342,10 @@ def _from_retry_file(args: argparse.Namespace) -> tuple[dict[str, Any], Dest, Re
         raise UsageError(*[("--" + name.replace("_", "-"), reason) for name in given])
     context, items = read_redrive(args.retry_from)
     event = {
-        "api_config": context.api_config, "options": _options(args, context.options),
-        "request_id": context.request_id, "Items": items,
+        "api_config": context.api_config,
+        "options": _options(args, context.options),
+        "request_id": context.request_id,
+        "Items": items,
     }
     return event, parse_dest(context.dest), context
 
@@ -358,8 +411,10 @@ def run(args: argparse.Namespace) -> int:
     prepared = prepare(args)
     headers = _request_headers(prepared.job)
     context = RedriveContext(
-        request_id=prepared.job.request_id, dest=prepared.dest.text,
-        manifest_prefix=prepared.dest.prefix, api_config=prepared.event["api_config"],
+        request_id=prepared.job.request_id,
+        dest=prepared.dest.text,
+        manifest_prefix=prepared.dest.prefix,
+        api_config=prepared.event["api_config"],
         options=prepared.event["options"],
         allow_private_networks=prepared.allow_private_networks,
     )
@@ -378,8 +433,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _execute(
-    prepared: Prepared, headers: dict[str, str] | None, progress: ProgressDisplay,
-    keep: Callable[[ItemResult], None], stop: asyncio.Event,
+    prepared: Prepared,
+    headers: dict[str, str] | None,
+    progress: ProgressDisplay,
+    keep: Callable[[ItemResult], None],
+    stop: asyncio.Event,
 ) -> tuple[RunOutcome, bool]:
     from ingest_core.runtime import execute
 
@@ -390,21 +448,32 @@ async def _execute(
     settings = dataclasses.replace(Settings.from_env(), policy=prepared.policy)
     async with progress:
         outcome = await execute(
-            prepared.job, settings=settings, headers=headers, on_item=on_item, stop=stop,
-            local_dir=prepared.dest.folder, manifest_prefix=prepared.dest.prefix,
+            prepared.job,
+            settings=settings,
+            headers=headers,
+            on_item=on_item,
+            stop=stop,
+            local_dir=prepared.dest.folder,
+            manifest_prefix=prepared.dest.prefix,
         )
     return outcome, stop.is_set()
 
 
 def _report(
-    args: argparse.Namespace, prepared: Prepared, outcome: RunOutcome, redrive: RedriveWriter,
-    redrive_path: Path | None, interrupted: bool,
+    args: argparse.Namespace,
+    prepared: Prepared,
+    outcome: RunOutcome,
+    redrive: RedriveWriter,
+    redrive_path: Path | None,
+    interrupted: bool,
 ) -> None:
     result = outcome.result
     if args.json:
-        extra = {"manifest_uri": outcome.manifest_uri,
-                 "redrive_file": str(redrive_path) if redrive_path else None,
-                 "interrupted": interrupted}
+        extra = {
+            "manifest_uri": outcome.manifest_uri,
+            "redrive_file": str(redrive_path) if redrive_path else None,
+            "interrupted": interrupted,
+        }
         print(json.dumps({**result, **extra}, indent=2, default=str))
         return
     title = f"backfill {prepared.job.request_id} -> {prepared.dest.text}"

@@ -84,20 +84,50 @@ class _NullUpload:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The bench flags."""
     parser.add_argument("--endpoint", required=True, help="the API URL (https)")
-    parser.add_argument("--query", action="append", type=key_value, metavar="K=V",
-                        help="a parameter sent with every request (repeatable)")
-    parser.add_argument("--header", action="append", type=header_pair, metavar="K:V",
-                        help="a request header (repeatable)")
-    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, metavar="N",
-                        help=f"requests per concurrency level (default {DEFAULT_REQUESTS})")
-    parser.add_argument("--concurrency", default=DEFAULT_LEVELS, metavar="C1,C2,...",
-                        help=f"concurrency levels to try (default {DEFAULT_LEVELS})")
-    parser.add_argument("--rate", type=float, default=0.0, metavar="PER_S",
-                        help="rate_limit_per_s for every level (default 0: off)")
-    parser.add_argument("--dest", default=NULL_DEST,
-                        help="null (discard, default), s3://bucket[/prefix] or a local folder")
-    parser.add_argument("--allow-private-networks", action="store_true",
-                        help="allow http and loopback/private addresses (local testing only)")
+    parser.add_argument(
+        "--query",
+        action="append",
+        type=key_value,
+        metavar="K=V",
+        help="a parameter sent with every request (repeatable)",
+    )
+    parser.add_argument(
+        "--header",
+        action="append",
+        type=header_pair,
+        metavar="K:V",
+        help="a request header (repeatable)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=DEFAULT_REQUESTS,
+        metavar="N",
+        help=f"requests per concurrency level (default {DEFAULT_REQUESTS})",
+    )
+    parser.add_argument(
+        "--concurrency",
+        default=DEFAULT_LEVELS,
+        metavar="C1,C2,...",
+        help=f"concurrency levels to try (default {DEFAULT_LEVELS})",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        metavar="PER_S",
+        help="rate_limit_per_s for every level (default 0: off)",
+    )
+    parser.add_argument(
+        "--dest",
+        default=NULL_DEST,
+        help="null (discard, default), s3://bucket[/prefix] or a local folder",
+    )
+    parser.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        help="allow http and loopback/private addresses (local testing only)",
+    )
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
 
 
@@ -145,8 +175,10 @@ def _event(args: argparse.Namespace, concurrency: int) -> dict[str, Any]:
     params = dict(args.query or [])
     return {
         "api_config": {
-            "endpoint": args.endpoint, "headers": dict(args.header or []),
-            "raw_bucket": bucket, "source_id": SOURCE_ID,
+            "endpoint": args.endpoint,
+            "headers": dict(args.header or []),
+            "raw_bucket": bucket,
+            "source_id": SOURCE_ID,
             "key_template": prefix + "{source_id}/{request_id}-{index}.json",
         },
         "batch": [params] * args.requests,
@@ -157,7 +189,7 @@ def _event(args: argparse.Namespace, concurrency: int) -> dict[str, Any]:
 
 def _bucket_and_prefix(dest: str) -> tuple[str, str]:
     if dest.startswith("s3://"):
-        bucket, _, prefix = dest[len("s3://"):].partition("/")
+        bucket, _, prefix = dest[len("s3://") :].partition("/")
         prefix = prefix.strip("/")
         return bucket, f"{prefix}/" if prefix else ""
     return "bench-local", ""
@@ -192,11 +224,15 @@ def _run_level(args: argparse.Namespace, concurrency: int) -> Level:
     outcome = asyncio.run(_execute(job, settings, args.dest, on_item))
     wall, cpu = time.perf_counter() - wall0, _cpu_s() - cpu0
     return Level(
-        concurrency=concurrency, requests=job.requested,
-        succeeded=int(outcome["succeeded"]), wall_s=wall,
+        concurrency=concurrency,
+        requests=job.requested,
+        succeeded=int(outcome["succeeded"]),
+        wall_s=wall,
         cpu_us_per_item=cpu / job.requested * 1e6,
-        p50_ms=_percentile(latencies, 50), p90_ms=_percentile(latencies, 90),
-        p99_ms=_percentile(latencies, 99), errors=dict(errors),
+        p50_ms=_percentile(latencies, 50),
+        p90_ms=_percentile(latencies, 90),
+        p99_ms=_percentile(latencies, 99),
+        errors=dict(errors),
     )
 
 
@@ -206,7 +242,11 @@ async def _execute(job: Job, settings: Settings, dest: str, on_item: Any) -> dic
     writer = NullWriter() if dest == NULL_DEST else None
     local = None if dest.startswith("s3://") or dest == NULL_DEST else Path(dest)
     outcome = await execute(
-        job, settings=settings, on_item=on_item, writer=writer, local_dir=local,
+        job,
+        settings=settings,
+        on_item=on_item,
+        writer=writer,
+        local_dir=local,
     )
     return outcome.result
 
@@ -233,11 +273,20 @@ def _print(results: list[Level], *, as_json: bool) -> None:
     print("  ".join(f"{h:>12}" for h in header))
     for r in results:
         errors = ",".join(f"{k}:{v}" for k, v in sorted(r.errors.items())) or "0"
-        cells = (str(r.concurrency), f"{r.items_per_s:,.0f}", _ms(r.p50_ms), _ms(r.p90_ms),
-                 _ms(r.p99_ms), f"{r.cpu_us_per_item:,.0f}", errors)
+        cells = (
+            str(r.concurrency),
+            f"{r.items_per_s:,.0f}",
+            _ms(r.p50_ms),
+            _ms(r.p90_ms),
+            _ms(r.p99_ms),
+            f"{r.cpu_us_per_item:,.0f}",
+            errors,
+        )
         print("  ".join(f"{c:>12}" for c in cells))
-    print("choose the smallest concurrency whose items/s is near the best and whose p99 and"
-          " errors are acceptable; use --rate to stay under the API's limit.")
+    print(
+        "choose the smallest concurrency whose items/s is near the best and whose p99 and"
+        " errors are acceptable; use --rate to stay under the API's limit."
+    )
 
 
 def _ms(value: float | None) -> str:

@@ -252,8 +252,12 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         text = OPTION_HELP.get(name, f"options.{name}")
         if info.annotation is bool:
             group.add_argument(
-                option_flag(name), dest=dest, action="store_const", const=not info.default,
-                default=None, help=text,
+                option_flag(name),
+                dest=dest,
+                action="store_const",
+                const=not info.default,
+                default=None,
+                help=text,
             )
             continue
         kind: Callable[[str], Any] = float if info.annotation is float else int
@@ -261,7 +265,11 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
             kind = str
         metavar = "N" if kind is int else "X"
         group.add_argument(
-            option_flag(name), dest=dest, type=kind, default=None, metavar=metavar,
+            option_flag(name),
+            dest=dest,
+            type=kind,
+            default=None,
+            metavar=metavar,
             help=f"{text} (default: {info.default})",
         )
 
@@ -281,7 +289,9 @@ def options_from_args(
 def add_progress_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--progress auto|bar|plain|off``."""
     parser.add_argument(
-        "--progress", choices=("auto", "bar", "plain", "off"), default="auto",
+        "--progress",
+        choices=("auto", "bar", "plain", "off"),
+        default="auto",
         help="progress display on stderr: a bar on a terminal (auto), plain lines every"
         f" {PLAIN_PROGRESS_INTERVAL_S:g} s otherwise, or none",
     )
@@ -413,7 +423,9 @@ class ProgressDisplay:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         if self._ticker is not None:
@@ -437,10 +449,15 @@ class ProgressDisplay:
         )
 
         self._bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TaskProgressColumn(), TextColumn("[red]{task.fields[failed]} failed"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-            console=Console(file=self._stream), refresh_per_second=RICH_REFRESH_PER_S,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=self._stream),
+            refresh_per_second=RICH_REFRESH_PER_S,
         )
         self._task_id = self._bar.add_task(self._label, total=self.counts.total, failed=0)
         self._bar.start()
@@ -502,7 +519,10 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def print_summary(
-    result: Mapping[str, Any], *, title: str, stream: IO[str] | None = None,
+    result: Mapping[str, Any],
+    *,
+    title: str,
+    stream: IO[str] | None = None,
     fancy: bool | None = None,
 ) -> None:
     """The summary table: rich on a terminal, aligned plain text otherwise."""

@@ -61,11 +61,14 @@ BODY_LINES_SHOWN = 14
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the ``demo`` flags."""
     parser.add_argument(
-        "--dest", metavar="DIR", type=Path,
+        "--dest",
+        metavar="DIR",
+        type=Path,
         help="write into this local folder (kept after the demo) instead of the embedded S3",
     )
     parser.add_argument(
-        "--serve", action="store_true",
+        "--serve",
+        action="store_true",
         help="after the run, keep the embedded S3 serving until Ctrl-C, to browse it",
     )
     add_progress_flag(parser)
@@ -75,8 +78,11 @@ def demo_event(endpoint: str) -> dict[str, Any]:
     """The event the demo runs: 90 days, one request each."""
     return {
         "api_config": {
-            "endpoint": endpoint, "raw_bucket": BUCKET, "source_id": SOURCE_ID,
-            "records_path": RECORDS_PATH, "headers": {"Accept": "application/json"},
+            "endpoint": endpoint,
+            "raw_bucket": BUCKET,
+            "source_id": SOURCE_ID,
+            "records_path": RECORDS_PATH,
+            "headers": {"Accept": "application/json"},
         },
         "options": OPTIONS,
         "request_id": REQUEST_ID,
@@ -103,10 +109,13 @@ def _embedded_s3_server(*, needed: bool) -> Iterator[str | None]:
     try:
         from moto.server import ThreadedMotoServer
     except ImportError:
-        raise UsageError((
-            "--dest", "the embedded S3 needs moto[server] (pip install 'fanout-ingest[cli]');"
-            " or write to a local folder with --dest DIR",
-        )) from None
+        raise UsageError(
+            (
+                "--dest",
+                "the embedded S3 needs moto[server] (pip install 'fanout-ingest[cli]');"
+                " or write to a local folder with --dest DIR",
+            )
+        ) from None
     # werkzeug logs every request at INFO on stderr, over the progress display.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
@@ -166,7 +175,8 @@ async def _embedded_s3_writer(
     from ingest_core.writers import S3Writer
 
     session = aioboto3.Session(
-        aws_access_key_id=DEMO_CREDENTIAL, aws_secret_access_key=DEMO_CREDENTIAL,
+        aws_access_key_id=DEMO_CREDENTIAL,
+        aws_secret_access_key=DEMO_CREDENTIAL,
         region_name=REGION,
     )
     async with session.client("s3", endpoint_url=endpoint, config=s3_config(concurrency)) as client:
@@ -175,15 +185,22 @@ async def _embedded_s3_writer(
         connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
         async with aiohttp.ClientSession(connector=connector, trust_env=False) as http:
             writer = S3Writer(
-                client=client, bucket=BUCKET, credentials=credentials, http=http,
+                client=client,
+                bucket=BUCKET,
+                credentials=credentials,
+                http=http,
                 endpoint_url=endpoint,
             )
             yield writer, client
 
 
 async def _run(
-    job: Job, writer: ObjectWriter, settings: Settings, items: dict[int, ItemResult],
-    stop: asyncio.Event, mode: str,
+    job: Job,
+    writer: ObjectWriter,
+    settings: Settings,
+    items: dict[int, ItemResult],
+    stop: asyncio.Event,
+    mode: str,
 ) -> RunOutcome:
     from ingest_core.runtime import execute
 
@@ -198,15 +215,19 @@ async def _run(
 
 
 def check_outcome(
-    result: Mapping[str, Any], items: Mapping[int, ItemResult], hits: Mapping[str, int],
-    *, interrupted: bool = False,
+    result: Mapping[str, Any],
+    items: Mapping[int, ItemResult],
+    hits: Mapping[str, int],
+    *,
+    interrupted: bool = False,
 ) -> list[str]:
     """Every way the demo's outcome differs from the expected one (empty = as expected)."""
     problems = ["interrupted"] if interrupted else []
     expected = {"requested": DAYS, "succeeded": DAYS - 1, "failed": 1, "not_attempted": 0}
     problems += [
         f"{name} is {result[name]}, expected {value}"
-        for name, value in expected.items() if result[name] != value
+        for name, value in expected.items()
+        if result[name] != value
     ]
     by_day = {str(item.params.get("date")): item for item in items.values()}
     problems += _not_found_problems(by_day.get(NOT_FOUND_DAY), hits.get(NOT_FOUND_DAY, 0))
@@ -232,8 +253,7 @@ def _describe(item: ItemResult | None) -> str:
     if item is None:
         return "no result"
     return (
-        f"{item.status.value}, kind {item.kind}, HTTP {item.http_status},"
-        f" {item.attempts} attempts"
+        f"{item.status.value}, kind {item.kind}, HTTP {item.http_status}, {item.attempts} attempts"
     )
 
 
@@ -305,8 +325,10 @@ async def _serve(endpoint: str, stop: asyncio.Event) -> None:
 
 def _verdict(problems: list[str]) -> int:
     if not problems:
-        print("\nthe outcome is exactly the expected one: 89 days written, 3 after a 503,"
-              f" and {NOT_FOUND_DAY} failed with http_status 404.")
+        print(
+            "\nthe outcome is exactly the expected one: 89 days written, 3 after a 503,"
+            f" and {NOT_FOUND_DAY} failed with http_status 404."
+        )
         return 0
     print("\nthe outcome is NOT the expected one:")
     for problem in problems:

@@ -32,7 +32,10 @@ from ingest_core.events import parse_event
 SUCCEEDED = "SUCCEEDED"
 # Fields the stepfunctions library names -> the flag that set them.
 LIBRARY_FIELD_FLAGS = {
-    "name": "--name", "plan_uri": "--plan", "api_config": "--api-config", "options": "--options",
+    "name": "--name",
+    "plan_uri": "--plan",
+    "api_config": "--api-config",
+    "options": "--options",
 }
 COUNT_FIELDS = ("succeeded", "failed", "running", "pending", "timedOut", "aborted", "total")
 
@@ -51,16 +54,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--state-machine", required=True, metavar="ARN", help="the backfill state machine's ARN"
     )
     parser.add_argument(
-        "--plan", required=True, metavar="s3://BUCKET/KEY",
+        "--plan",
+        required=True,
+        metavar="s3://BUCKET/KEY",
         help="the plan (fanout-ingest plan --upload)",
     )
     parser.add_argument(
-        "--api-config", required=True, metavar="FILE",
+        "--api-config",
+        required=True,
+        metavar="FILE",
         help="a JSON file holding the event's api_config",
     )
     parser.add_argument("--options", metavar="FILE", help="a JSON file holding the event's options")
     parser.add_argument(
-        "--name", metavar="NAME",
+        "--name",
+        metavar="NAME",
         help="the execution name, also the request_id in every key (1-80 of A-Z a-z 0-9 _ . -;"
         " default: backfill-<source_id>-<UTC time>-<4 hex>)",
     )
@@ -68,7 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--wait", action="store_true", help="follow the execution, printing item counts, to its end"
     )
     parser.add_argument(
-        "--poll-interval", type=float, default=5.0, metavar="SECONDS",
+        "--poll-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
         help="seconds between polls with --wait (default: 5)",
     )
 
@@ -82,7 +93,10 @@ def checked_input(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, A
     api_config = load_json_object(args.api_config, "--api-config")
     options = load_json_object(args.options, "--options") if args.options else {}
     probe: dict[str, Any] = {
-        "api_config": api_config, "options": options, "request_id": "launch-check", "batch": [{}],
+        "api_config": api_config,
+        "options": options,
+        "request_id": "launch-check",
+        "batch": [{}],
     }
     try:
         parse_event(probe)
@@ -97,10 +111,12 @@ def _file_flag(field: str) -> str:
 
 
 def _library_usage_error(exc: InvalidEventError) -> UsageError:
-    return UsageError(*[
-        (LIBRARY_FIELD_FLAGS.get(name.split(".")[0], name), reason)
-        for name, reason in exc.problems
-    ])
+    return UsageError(
+        *[
+            (LIBRARY_FIELD_FLAGS.get(name.split(".")[0], name), reason)
+            for name, reason in exc.problems
+        ]
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,8 +129,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         with aws_errors("StartExecution"):
             execution_arn = start_backfill(
-                args.state_machine, plan_uri=args.plan, api_config=api_config,
-                options=options, name=args.name,
+                args.state_machine,
+                plan_uri=args.plan,
+                api_config=api_config,
+                options=options,
+                name=args.name,
             )
     except InvalidEventError as exc:
         raise _library_usage_error(exc) from None
@@ -126,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _wait(execution_arn: str, poll_s: float) -> int:
     from ingest_core.stepfunctions import watch_execution
+
     shown: list[str] = []
 
     def on_update(status: dict[str, Any]) -> None:
@@ -138,8 +158,10 @@ def _wait(execution_arn: str, poll_s: float) -> int:
         with aws_errors("DescribeExecution"):
             final = watch_execution(execution_arn, poll_s=poll_s, on_update=on_update)
     except KeyboardInterrupt:
-        print(f"{PROG} launch: stopped watching; the execution keeps running:"
-              f" {execution_arn}", file=sys.stderr)
+        print(
+            f"{PROG} launch: stopped watching; the execution keeps running: {execution_arn}",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     if final.get("error") or final.get("cause"):
         print(f"{final.get('error')}: {final.get('cause')}", file=sys.stderr)

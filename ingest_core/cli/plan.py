@@ -50,22 +50,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", required=True, metavar="DATE", help="first date (ISO)")
     parser.add_argument("--end", required=True, metavar="DATE", help="last date (ISO; inclusive)")
     parser.add_argument(
-        "--param", default="date", metavar="NAME",
+        "--param",
+        default="date",
+        metavar="NAME",
         help="parameter carrying the date (default: date)",
     )
     parser.add_argument(
         "--step", default="1d", help="Nh, Nd, Nw or Nmo (default: 1d); Nh needs ISO date-times"
     )
     parser.add_argument(
-        "--format", default="%Y-%m-%d", metavar="FMT",
+        "--format",
+        default="%Y-%m-%d",
+        metavar="FMT",
         help="strftime format of each date (default: %%Y-%%m-%%d)",
     )
     parser.add_argument(
-        "--query", metavar="K=V", type=key_value, action="append",
+        "--query",
+        metavar="K=V",
+        type=key_value,
+        action="append",
         help="a fixed parameter added to every item (repeatable)",
     )
     parser.add_argument(
-        "--index-offset", type=non_negative_int, default=0, metavar="N",
+        "--index-offset",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
         help="index of the first item (default: 0)",
     )
     parser.add_argument(
@@ -75,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", metavar="FILE", type=Path, help="write here (atomically) instead of stdout"
     )
     parser.add_argument(
-        "--upload", metavar="s3://BUCKET/KEY",
+        "--upload",
+        metavar="s3://BUCKET/KEY",
         help="upload the plan to S3 for the state machine's ItemReader",
     )
 
@@ -89,14 +100,26 @@ def plan_items(args: argparse.Namespace) -> tuple[PlanItems, int]:
     extra = dict(args.query or [])
     try:
         count = count_date_range(args.start, args.end, step=args.step)
-        expand_date_range(args.start, args.end, param=args.param, step=args.step,
-                          fmt=args.format, extra_params=extra)
+        expand_date_range(
+            args.start,
+            args.end,
+            param=args.param,
+            step=args.step,
+            fmt=args.format,
+            extra_params=extra,
+        )
     except ValueError as exc:
         raise UsageError((flag_for_date_problem(str(exc)), str(exc))) from None
 
     def items() -> Iterator[dict[str, Any]]:
-        params = expand_date_range(args.start, args.end, param=args.param, step=args.step,
-                                   fmt=args.format, extra_params=extra)
+        params = expand_date_range(
+            args.start,
+            args.end,
+            param=args.param,
+            step=args.step,
+            fmt=args.format,
+            extra_params=extra,
+        )
         for offset, item in enumerate(params, start=args.index_offset):
             yield {"index": offset, "params": item}
 

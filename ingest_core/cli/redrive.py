@@ -60,9 +60,11 @@ class RedriveContext:
             raise UsageError((RETRY_FLAG, f"{path} is not a fanout-ingest re-drive file"))
         try:
             return cls(
-                request_id=str(header["request_id"]), dest=str(header["dest"]),
+                request_id=str(header["request_id"]),
+                dest=str(header["dest"]),
                 manifest_prefix=str(header.get("manifest_prefix", "")),
-                api_config=dict(header["api_config"]), options=dict(header.get("options", {})),
+                api_config=dict(header["api_config"]),
+                options=dict(header.get("options", {})),
                 allow_private_networks=header.get("allow_private_networks") is True,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -101,9 +103,12 @@ class RedriveWriter:
         if result.succeeded:
             return
         line = {
-            "index": result.index, "params": result.params, "status": result.status.value,
+            "index": result.index,
+            "params": result.params,
+            "status": result.status.value,
             "kind": result.kind.value if result.kind else None,
-            "http_status": result.http_status, "error": result.error,
+            "http_status": result.http_status,
+            "error": result.error,
         }
         self._file.write(orjson.dumps(line) + b"\n")
         self.count += 1
@@ -144,8 +149,10 @@ def _open_private(path: Path) -> IO[bytes]:
 def _is_redrive_of(path: Path, request_id: str) -> bool:
     with contextlib.suppress(OSError, orjson.JSONDecodeError), path.open("rb") as handle:
         header = orjson.loads(handle.readline())
-        return isinstance(header, dict) and header.get(REDRIVE_MARK) == REDRIVE_VERSION and (
-            header.get("request_id") == request_id
+        return (
+            isinstance(header, dict)
+            and header.get(REDRIVE_MARK) == REDRIVE_VERSION
+            and (header.get("request_id") == request_id)
         )
     return False
 

@@ -57,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the ``run`` flags."""
     parser.add_argument("event", metavar="EVENT.json", help="the event file (- for stdin)")
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
         help=f"the invocation's deadline, like the Lambda timeout (default: {DEFAULT_TIMEOUT_S:g})",
     )
 

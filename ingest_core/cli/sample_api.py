@@ -89,7 +89,9 @@ class SampleAPI:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         if self._runner is not None:
@@ -111,7 +113,8 @@ class SampleAPI:
             return web.json_response({"error": f"no observations for {day}"}, status=404)
         if day in self.flaky_days and hit < self.flaky_hits:
             return web.json_response(
-                {"error": "temporarily overloaded"}, status=503,
+                {"error": "temporarily overloaded"},
+                status=503,
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         return web.json_response(observations(parsed))
@@ -148,17 +151,35 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve the demo's sample API on 127.0.0.1 until Ctrl-C.",
     )
     parser.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
-    parser.add_argument("--not-found", action="append", default=[], metavar="DATE",
-                        help="a date answered 404 every time (repeatable)")
-    parser.add_argument("--flaky", action="append", default=[], metavar="DATE",
-                        help="a date answered 503 + Retry-After on its first hits (repeatable)")
-    parser.add_argument("--flaky-hits", type=int, default=1, metavar="N",
-                        help="how many hits of a flaky date fail (default: 1)")
+    parser.add_argument(
+        "--not-found",
+        action="append",
+        default=[],
+        metavar="DATE",
+        help="a date answered 404 every time (repeatable)",
+    )
+    parser.add_argument(
+        "--flaky",
+        action="append",
+        default=[],
+        metavar="DATE",
+        help="a date answered 503 + Retry-After on its first hits (repeatable)",
+    )
+    parser.add_argument(
+        "--flaky-hits",
+        type=int,
+        default=1,
+        metavar="N",
+        help="how many hits of a flaky date fail (default: 1)",
+    )
     parser.add_argument("--no-latency", action="store_true", help="answer at once")
     args = parser.parse_args(argv)
     api = SampleAPI(
-        not_found_days=args.not_found, flaky_days=args.flaky, flaky_hits=args.flaky_hits,
-        latency=not args.no_latency, port=args.port,
+        not_found_days=args.not_found,
+        flaky_days=args.flaky,
+        flaky_hits=args.flaky_hits,
+        latency=not args.no_latency,
+        port=args.port,
     )
     return run_async(lambda stop: _serve(api, stop), message="stopping the sample API")
 

@@ -68,11 +68,19 @@ def run_cli(
 ) -> Callable[..., subprocess.CompletedProcess[str]]:
     """``run_cli(*args, env=...)``: run to completion in ``tmp_path``, capture output."""
 
-    def run(*args: str, env: dict[str, str] | None = None, timeout: float = CLI_TIMEOUT_S,
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = CLI_TIMEOUT_S,
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*CLI, *args], cwd=tmp_path, env=env or cli_env, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            [*CLI, *args],
+            cwd=tmp_path,
+            env=env or cli_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     return run
@@ -84,12 +92,18 @@ def run_many(
 ) -> Callable[..., list[subprocess.CompletedProcess[str]]]:
     """``run_many([args, ...], env=...)``: run several at once (each start costs ~0.6 s)."""
 
-    def run(commands: Sequence[Sequence[str]], env: dict[str, str] | None = None,
-            ) -> list[subprocess.CompletedProcess[str]]:
+    def run(
+        commands: Sequence[Sequence[str]],
+        env: dict[str, str] | None = None,
+    ) -> list[subprocess.CompletedProcess[str]]:
         processes = [
             subprocess.Popen(
-                [*CLI, *args], cwd=tmp_path, env=env or cli_env, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True,
+                [*CLI, *args],
+                cwd=tmp_path,
+                env=env or cli_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for args in commands
         ]
@@ -108,8 +122,18 @@ def run_many(
 
 def backfill_args(url: str, dest: str | Path, start: str, end: str, *extra: str) -> list[str]:
     return [
-        "backfill", "--endpoint", f"{url}/v1/data", "--source-id", SOURCE,
-        "--start", start, "--end", end, "--dest", str(dest), *extra,
+        "backfill",
+        "--endpoint",
+        f"{url}/v1/data",
+        "--source-id",
+        SOURCE,
+        "--start",
+        start,
+        "--end",
+        end,
+        "--dest",
+        str(dest),
+        *extra,
     ]
 
 
@@ -168,8 +192,17 @@ def test_backfill_to_s3_with_a_prefix_puts_keys_and_manifest_under_it(
 
     # WHEN five days are backfilled to s3://bucket/landing/zone
     done = run_cli(
-        *backfill_args(url, f"s3://{RAW_BUCKET}/landing/zone", dates[0], dates[-1],
-                       "--query", "region=eu", "--request-id", "run-1", "--json"),
+        *backfill_args(
+            url,
+            f"s3://{RAW_BUCKET}/landing/zone",
+            dates[0],
+            dates[-1],
+            "--query",
+            "region=eu",
+            "--request-id",
+            "run-1",
+            "--json",
+        ),
         env=env,
     )
 
@@ -210,8 +243,11 @@ def test_backfill_bad_usage_exits_2_naming_the_flag(
 ) -> None:
     # GIVEN valid flags with one made wrong per run (no server: nothing may be fetched)
     good: dict[str, str | None] = {
-        "--endpoint": "http://127.0.0.1:9/v1/data", "--source-id": SOURCE,
-        "--start": "2025-01-01", "--end": "2025-01-31", "--dest": str(tmp_path / "out"),
+        "--endpoint": "http://127.0.0.1:9/v1/data",
+        "--source-id": SOURCE,
+        "--start": "2025-01-01",
+        "--end": "2025-01-31",
+        "--dest": str(tmp_path / "out"),
     }
     commands = []
     for change, _, _ in BAD_BACKFILL_FLAGS:
@@ -234,12 +270,24 @@ def test_http_endpoint_is_bad_usage_unless_private_networks_are_allowed(
 ) -> None:
     # GIVEN no FANOUT_ALLOW_PRIVATE_NETWORKS in the environment
     env = {k: v for k, v in cli_env.items() if k != "FANOUT_ALLOW_PRIVATE_NETWORKS"}
-    args = ["backfill", "--endpoint", "http://127.0.0.1:9/v1/data", "--source-id", SOURCE,
-            "--start", "2025-01-01", "--end", "2025-01-01", "--dest", str(tmp_path / "out")]
+    args = [
+        "backfill",
+        "--endpoint",
+        "http://127.0.0.1:9/v1/data",
+        "--source-id",
+        SOURCE,
+        "--start",
+        "2025-01-01",
+        "--end",
+        "2025-01-01",
+        "--dest",
+        str(tmp_path / "out"),
+    ]
 
     # WHEN an http endpoint is given, then the same with --allow-private-networks
-    refused, allowed = run_many([args, [*args, "--allow-private-networks", "--max-attempts", "1"]],
-                                env=env)
+    refused, allowed = run_many(
+        [args, [*args, "--allow-private-networks", "--max-attempts", "1"]], env=env
+    )
 
     # THEN the first is bad usage naming --endpoint; the second runs (and fails to connect)
     assert refused.returncode == 2
@@ -250,8 +298,9 @@ def test_http_endpoint_is_bad_usage_unless_private_networks_are_allowed(
 
     # WHEN its re-drive file is retried, without the flag
     redrive = tmp_path / "fanout-redrive-backfill-20250101-20250101-1d.jsonl"
-    (retried,) = run_many([["backfill", "--retry-from", str(redrive), "--max-attempts", "1"]],
-                          env=env)
+    (retried,) = run_many(
+        [["backfill", "--retry-from", str(redrive), "--max-attempts", "1"]], env=env
+    )
 
     # THEN the file carried the permission: it runs again rather than being refused
     assert retried.returncode == 1, retried.stderr
@@ -266,10 +315,12 @@ def test_redrive_file_round_trip_lands_every_key_under_the_same_names(
 ) -> None:
     # GIVEN day 3 permanently 404 and day 5 failing only on its first three hits
     dates = days(8)
-    api = ScriptedAPI({
-        dates[2]: Response(status=404),
-        dates[4]: [Response(status=503)] * 3 + [Response()],
-    })
+    api = ScriptedAPI(
+        {
+            dates[2]: Response(status=404),
+            dates[4]: [Response(status=503)] * 3 + [Response()],
+        }
+    )
     url = api_server(api).url
     dest = tmp_path / "out"
 
@@ -284,7 +335,8 @@ def test_redrive_file_round_trip_lands_every_key_under_the_same_names(
     header, *lines = [json.loads(line) for line in redrive.read_text().splitlines()]
     assert header["request_id"] == rid and header["dest"] == str(dest)
     assert [(item["index"], item["params"]) for item in lines] == [
-        (2, {"date": dates[2]}), (4, {"date": dates[4]}),
+        (2, {"date": dates[2]}),
+        (4, {"date": dates[4]}),
     ]
     assert {item["kind"] for item in lines} == {"http_status"}
     written = {key_of(rid, i) for i in range(8) if i not in (2, 4)}
@@ -325,11 +377,25 @@ def _start_slow_backfill(
 ) -> subprocess.Popen[str]:
     dates = days(SLOW_RUN_DAYS)
     args = backfill_args(
-        url, dest, dates[0], dates[-1], "--no-expect-json", "--part-size-mb", "5",
-        "--memory-budget-mb", "64", "--concurrency", "4",
+        url,
+        dest,
+        dates[0],
+        dates[-1],
+        "--no-expect-json",
+        "--part-size-mb",
+        "5",
+        "--memory-budget-mb",
+        "64",
+        "--concurrency",
+        "4",
     )
     return subprocess.Popen(
-        [*CLI, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*CLI, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -384,7 +450,10 @@ def test_sigkill_mid_run_leaves_only_complete_files_or_hidden_temp_files(
 
 
 def test_sigint_mid_run_stops_cleanly_and_the_redrive_file_completes_it(
-    api_server: StartServer, cli_env: dict[str, str], tmp_path: Path, big_body: bytes,
+    api_server: StartServer,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    big_body: bytes,
     run_cli: Callable[..., Any],
 ) -> None:
     # GIVEN a backfill of large bodies, some still streaming to disk
@@ -433,8 +502,9 @@ def test_plan_json_array_gets_leap_days_and_month_ends_right(run_cli: Callable[.
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [
         {"index": i, "params": {"date": d}}
-        for i, d in enumerate(["2024-01-31", "2024-02-29", "2024-03-31", "2024-04-30",
-                               "2024-05-31", "2024-06-30"])
+        for i, d in enumerate(
+            ["2024-01-31", "2024-02-29", "2024-03-31", "2024-04-30", "2024-05-31", "2024-06-30"]
+        )
     ]
 
 
@@ -444,9 +514,22 @@ def test_plan_jsonl_with_offset_query_and_format_to_a_file(
     # WHEN a daily plan over a leap day is written as JSON Lines to a file
     out = tmp_path / "plan.jsonl"
     done = run_cli(
-        "plan", "--start", "2024-02-27", "--end", "2024-03-01", "--param", "day",
-        "--format", "%Y%m%d", "--query", "region=eu", "--index-offset", "100", "--jsonl",
-        "--out", str(out),
+        "plan",
+        "--start",
+        "2024-02-27",
+        "--end",
+        "2024-03-01",
+        "--param",
+        "day",
+        "--format",
+        "%Y%m%d",
+        "--query",
+        "region=eu",
+        "--index-offset",
+        "100",
+        "--jsonl",
+        "--out",
+        str(out),
     )
 
     # THEN each line is one item, inclusive of both ends, with the fixed parameter
@@ -462,10 +545,12 @@ def test_plan_of_100000_items_streams_quickly(run_many: Callable[..., Any]) -> N
     # WHEN a 100,000-day plan is written as JSON Lines and as a JSON array
     end = "2173-10-15"  # 1900-01-01 + 99,999 days
     started = time.monotonic()
-    lines, array = run_many([
-        ["plan", "--start", "1900-01-01", "--end", end, "--jsonl"],
-        ["plan", "--start", "1900-01-01", "--end", end],
-    ])
+    lines, array = run_many(
+        [
+            ["plan", "--start", "1900-01-01", "--end", end, "--jsonl"],
+            ["plan", "--start", "1900-01-01", "--end", end],
+        ]
+    )
     elapsed = time.monotonic() - started
 
     # THEN both hold every item, first to last, and came out fast
@@ -483,8 +568,10 @@ BAD_PLAN_FLAGS: list[tuple[list[str], str]] = [
     (["--start", "2024-13-01", "--end", "2024-12-01"], "--start"),
     (["--start", "2024-01-01", "--end", "2024-12-01", "--step", "0d"], "--step"),
     (["--start", "2024-01-01", "--end", "2024-12-01", "--step", "6h"], "--start"),
-    (["--start", "2024-01-01", "--end", "2024-12-01", "--jsonl", "--upload", "s3://b/p.json"],
-     "--upload"),
+    (
+        ["--start", "2024-01-01", "--end", "2024-12-01", "--jsonl", "--upload", "s3://b/p.json"],
+        "--upload",
+    ),
     (["--start", "2024-01-01", "--end", "2024-12-01", "--upload", "s3://b/"], "--upload"),
 ]
 
@@ -501,33 +588,61 @@ def test_plan_upload_and_launch_against_moto(
 ) -> None:
     # GIVEN moto serving S3 and Step Functions, and a state machine
     env = {**cli_env, "AWS_ENDPOINT_URL": s3.endpoint}
-    sfn = boto3.client("stepfunctions", endpoint_url=s3.endpoint, region_name="us-east-1",
-                       config=Config(proxies={}))
+    sfn = boto3.client(
+        "stepfunctions",
+        endpoint_url=s3.endpoint,
+        region_name="us-east-1",
+        config=Config(proxies={}),
+    )
     try:
         _moto_config(s3, execute=True)  # moto runs the (Pass) state machine, for --wait
         arn = sfn.create_state_machine(
-            name="bf", roleArn="arn:aws:iam::123456789012:role/bf",
+            name="bf",
+            roleArn="arn:aws:iam::123456789012:role/bf",
             definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Pass", "End": True}}}),
         )["stateMachineArn"]
 
         # WHEN a plan is uploaded (format from the key) and a backfill launched over it
-        plan = run_cli("plan", "--start", "2024-02-28", "--end", "2024-03-01",
-                       "--upload", f"s3://{RAW_BUCKET}/plans/p.jsonl", env=env)
+        plan = run_cli(
+            "plan",
+            "--start",
+            "2024-02-28",
+            "--end",
+            "2024-03-01",
+            "--upload",
+            f"s3://{RAW_BUCKET}/plans/p.jsonl",
+            env=env,
+        )
         api_config = tmp_path / "api.json"
-        config = {"endpoint": "https://api.example.com/v1", "raw_bucket": RAW_BUCKET,
-                  "source_id": SOURCE}
+        config = {
+            "endpoint": "https://api.example.com/v1",
+            "raw_bucket": RAW_BUCKET,
+            "source_id": SOURCE,
+        }
         api_config.write_text(json.dumps(config))
         launch = run_cli(
-            "launch", "--state-machine", arn, "--plan", f"s3://{RAW_BUCKET}/plans/p.jsonl",
-            "--api-config", str(api_config), "--name", "bf-2024", "--wait",
-            "--poll-interval", "0.1", env=env,
+            "launch",
+            "--state-machine",
+            arn,
+            "--plan",
+            f"s3://{RAW_BUCKET}/plans/p.jsonl",
+            "--api-config",
+            str(api_config),
+            "--name",
+            "bf-2024",
+            "--wait",
+            "--poll-interval",
+            "0.1",
+            env=env,
         )
 
         # THEN the plan object is JSON Lines, and the execution got the plan and config
         assert plan.returncode == 0, plan.stderr
         uploaded = s3.get_bytes(RAW_BUCKET, "plans/p.jsonl").decode().splitlines()
         assert [json.loads(x)["params"]["date"] for x in uploaded] == [
-            "2024-02-28", "2024-02-29", "2024-03-01",
+            "2024-02-28",
+            "2024-02-29",
+            "2024-03-01",
         ]
         assert launch.returncode == 0, launch.stderr
         execution_arn = launch.stdout.strip()
@@ -582,7 +697,10 @@ def _event(url: str, dates: Sequence[str], **options: Any) -> dict[str, Any]:
 
 
 def test_run_invokes_the_handler_on_an_event_file(
-    api_server: StartServer, s3: MotoS3, run_many: Callable[..., Any], cli_env: dict[str, str],
+    api_server: StartServer,
+    s3: MotoS3,
+    run_many: Callable[..., Any],
+    cli_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
     # GIVEN an API with one failing date, moto S3, and event files
