@@ -39,10 +39,10 @@ def sign_put(
     region: str,
     credentials: Credentials,
     headers: Mapping[str, str],
-    payload: bytes,
+    payload_sha256: str,
     now: datetime | None = None,
 ) -> dict[str, str]:
-    """Headers for a signed S3 ``PUT`` of ``payload`` (``headers`` plus the auth ones).
+    """Headers for a signed S3 ``PUT`` (``headers`` plus the auth ones).
 
     Args:
         host: the Host header aiohttp will send (with ``:port`` when not default).
@@ -50,14 +50,14 @@ def sign_put(
         region: the bucket's region.
         credentials: access key, secret key and session token.
         headers: headers to send and sign (content type, MD5, metadata).
-        payload: the body.
+        payload_sha256: the hex SHA-256 of the body (signed, so S3 verifies the body).
         now: the signing time (UTC); defaults to the clock.
     """
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     signed = {name.lower(): " ".join(value.split()) for name, value in headers.items()}
     signed["host"] = host
     signed["x-amz-date"] = stamp
-    signed["x-amz-content-sha256"] = hashlib.sha256(payload).hexdigest()
+    signed["x-amz-content-sha256"] = payload_sha256
     if credentials.token:
         signed["x-amz-security-token"] = credentials.token
     names = sorted(signed)

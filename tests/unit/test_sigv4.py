@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -62,7 +63,7 @@ def test_same_authorization_as_botocore(
         region="eu-west-1",
         credentials=creds,
         headers=headers,
-        payload=payload,
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
         now=NOW,
     )
     theirs = botocore_headers(url, headers, payload, creds, monkeypatch)
@@ -87,7 +88,7 @@ def test_same_signature_for_any_key_and_body(key: str, payload: bytes, meta: str
         region="eu-west-1",
         credentials=creds,
         headers=headers,
-        payload=payload,
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
         now=NOW,
     )
     with pytest.MonkeyPatch.context() as mp:
