@@ -343,6 +343,12 @@ def _fanout_ingest(spec: WorkerSpec) -> Callable[[str, int], Outcome]:
     return lambda run_id, count: _invoke(handler, spec, run_id, count)
 
 
+def _fanout_ingest_sdk(spec: WorkerSpec) -> Callable[[str, int], Outcome]:
+    """The same handler with single PUTs through aioboto3's put_object (the lean path off)."""
+    os.environ["FANOUT_LEAN_PUT"] = "false"
+    return _fanout_ingest(spec)
+
+
 # ------------------------------------------------------------------- measure
 
 IMPLEMENTATIONS: dict[str, Callable[[WorkerSpec], Callable[[str, int], Outcome]]] = {
@@ -351,6 +357,7 @@ IMPLEMENTATIONS: dict[str, Callable[[WorkerSpec], Callable[[str, int], Outcome]]
     "raw_floor": _raw_floor,
     "raw_put": _raw_put,
     "fanout_ingest": _fanout_ingest,
+    "fanout_ingest_sdk": _fanout_ingest_sdk,
 }
 
 

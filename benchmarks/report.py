@@ -18,7 +18,11 @@ matplotlib.use("Agg")  # files only; no display on a build machine
 import matplotlib.pyplot as plt
 
 PLOT_DPI = 110
-LINE_COLORS = {"raw_floor": "tab:blue", "fanout_ingest": "tab:green"}
+LINE_COLORS = {
+    "raw_floor": "tab:blue",
+    "fanout_ingest": "tab:green",
+    "fanout_ingest_sdk": "tab:purple",
+}
 MIB = 1 << 20
 STATUS_MARK = {
     "PASS": "PASS",

@@ -361,6 +361,8 @@ def scenario_cpu(bench: Bench) -> Section:
     plan = (
         [("raw_floor", c, p.cpu_items) for c in CPU_CONCURRENCY]
         + [("fanout_ingest", c, p.cpu_items) for c in CPU_CONCURRENCY]
+        # The single-PUT path decision (docs/PERFORMANCE.md): the SDK path, same run.
+        + [("fanout_ingest_sdk", T1_CONCURRENCY, p.cpu_items)]
         + [
             ("original_sequential", 1, p.original_items),
             ("original_threadpool", ORIGINAL_THREADS, p.original_items),
@@ -425,7 +427,7 @@ def _cpu_table(series: dict[str, dict[int, dict[str, Any]]]) -> Table:
                     _status_cell(s),
                     s["cpu_us_per_item"],
                     s["cpu_us_range"],
-                    vs_floor if impl == "fanout_ingest" else None,
+                    vs_floor if impl.startswith("fanout_ingest") else None,
                     s["items_per_s"],
                     s["p50_ms"],
                     s["p99_ms"],
