@@ -18,8 +18,14 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import MetricUnit
 
-from ingest_core import PartialFailureError, parse_event, resolve_secret_headers
+from ingest_core import (
+    InvalidEventError,
+    PartialFailureError,
+    parse_event,
+    resolve_secret_headers,
+)
 from ingest_core.observability import publish_metrics, summary
 from ingest_core.runtime import S3ClientPool, execute
 
@@ -45,7 +51,11 @@ def _close() -> None:  # pragma: no cover - runs at interpreter exit
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Ingest one event; returns the result of DESIGN §6 or raises ``IngestError``."""
-    job = parse_event(event, default_request_id=getattr(context, "aws_request_id", None))
+    try:
+        job = parse_event(event, default_request_id=getattr(context, "aws_request_id", None))
+    except InvalidEventError:
+        metrics.add_metric(name="invalid_events", unit=MetricUnit.Count, value=1)
+        raise
     logger.append_keys(request_id=job.request_id, source_id=job.api.source_id)
     deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000
     headers = {**job.api.headers, **resolve_secret_headers(job.api.secret_headers)}
