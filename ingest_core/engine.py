@@ -1,4 +1,4 @@
-"""The fan-out: every item of a job fetched and written under one semaphore.
+"""The fan-out: every item of a job fetched and written by ``concurrency`` workers.
 
 ``run_job`` never raises because items failed: each item ends as an
 ``ItemResult`` (written, skipped, failed with a kind, or not attempted) and the
@@ -86,11 +86,14 @@ class _Run:
     budget: ByteBudget = field(init=False)
     bucket: TokenBucket = field(init=False)
     template: KeyTemplate = field(init=False)
+    secret_header_names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.budget = ByteBudget(self.job.options.memory_budget)
         self.bucket = TokenBucket(self.job.options.rate_limit_per_s)
-        self.template = self.job.api.template  # parsed once, not per item
+        # Derived once per run, not per item or attempt.
+        self.template = self.job.api.template
+        self.secret_header_names = frozenset(self.job.api.secret_headers)
 
     def record(self, result: ItemResult) -> None:
         self.tally.add(result)
@@ -297,12 +300,18 @@ async def _process(run: _Run, item: PlannedItem) -> ItemResult:
 
 async def _attempts(run: _Run, item: PlannedItem, key: str, started: float) -> ItemResult:
     options = run.job.options
+    request = FetchRequest(
+        url=run.job.api.endpoint,
+        params=encode_params(item.params),
+        headers=run.headers,
+        secret_header_names=run.secret_header_names,
+    )
     error: Exception | None = None
     for attempt in range(1, options.max_attempts + 1):
         await run.bucket.acquire()
         try:
             async with asyncio.timeout(options.attempt_timeout_s):
-                stored = await _attempt(run, item, key)
+                stored = await _attempt(run, item, key, request)
         except FetchError as exc:
             error = exc
         except TimeoutError:
@@ -330,13 +339,7 @@ def _retry_delay(run: _Run, error: Exception, attempt: int) -> float | None:
     return delay
 
 
-async def _attempt(run: _Run, item: PlannedItem, key: str) -> Stored:
-    request = FetchRequest(
-        url=run.job.api.endpoint,
-        params=encode_params(item.params),
-        headers=run.headers,
-        secret_header_names=frozenset(run.job.api.secret_headers),
-    )
+async def _attempt(run: _Run, item: PlannedItem, key: str, request: FetchRequest) -> Stored:
     async with open_response(run.http, request, run.settings.policy) as response:
         info = _body_info(response)
         meta = _object_meta(run, item, info)
@@ -424,22 +427,20 @@ async def _finish(
     write_manifest: bool,
     manifest_prefix: str,
 ) -> RunOutcome:
-    manifest_key = manifest_key_for(run.job, *span, prefix=manifest_prefix)
-    manifest_uri: str | None = None
+    stored_key: str | None = None
     if write_manifest:
+        key = manifest_key_for(run.job, *span, prefix=manifest_prefix)
         try:
-            await run.writer.put_file(
-                manifest_key, run.tally.manifest_path(), MANIFEST_CONTENT_TYPE
-            )
-            manifest_uri = run.writer.describe(manifest_key)
+            await run.writer.put_file(key, run.tally.manifest_path(), MANIFEST_CONTENT_TYPE)
+            stored_key = key
         except Exception:
             # The objects are written; a lost manifest must not turn success into an error.
-            log.exception("could not write the manifest", extra={"manifest_key": manifest_key})
-            manifest_key = None  # type: ignore[assignment]
+            log.exception("could not write the manifest", extra={"manifest_key": key})
     result = run.tally.to_result(
         request_id=run.job.request_id,
         source_id=run.job.api.source_id,
         duration_ms=_ms_since(started),
-        manifest_key=manifest_key if write_manifest else None,
+        manifest_key=stored_key,
     )
+    manifest_uri = run.writer.describe(stored_key) if stored_key else None
     return RunOutcome(result, manifest_uri, list(run.tally.latencies_ms))

@@ -101,9 +101,11 @@ class S3ClientPool:
 
 
 @asynccontextmanager
-async def _s3_parts(*, concurrency: int, settings: Settings) -> AsyncIterator[dict[str, Any]]:
+async def _s3_parts(
+    *, concurrency: int, settings: Settings, session: Any = None
+) -> AsyncIterator[dict[str, Any]]:
     """The client, and for the lean path its credentials and aiohttp session."""
-    session = aws_session()
+    session = session or aws_session()
     async with session.client(
         "s3", config=s3_config(concurrency), endpoint_url=settings.s3_endpoint_url
     ) as client:
@@ -118,10 +120,14 @@ async def _s3_parts(*, concurrency: int, settings: Settings) -> AsyncIterator[di
 
 @asynccontextmanager
 async def s3_writer(
-    bucket: str, *, concurrency: int, settings: Settings
+    bucket: str, *, concurrency: int, settings: Settings, session: Any = None
 ) -> AsyncIterator[S3Writer]:
-    """An ``S3Writer`` with its own client and lean-PUT session, closed on exit."""
-    async with _s3_parts(concurrency=concurrency, settings=settings) as parts:
+    """An ``S3Writer`` with its own client and lean-PUT session, closed on exit.
+
+    ``session`` defaults to the process-wide aioboto3 session; the demo passes
+    one with its own dummy credentials.
+    """
+    async with _s3_parts(concurrency=concurrency, settings=settings, session=session) as parts:
         yield S3Writer(bucket=bucket, endpoint_url=settings.s3_endpoint_url, **parts)
 
 

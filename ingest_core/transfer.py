@@ -115,7 +115,7 @@ class _Transfer:
             async for chunk in chunks:
                 await self._take(chunk)
             self._check_length(info)
-            return await self._finish(info)
+            return await self._finish()
         except BaseException:
             await self._abort()
             raise
@@ -151,7 +151,7 @@ class _Transfer:
             self.budget.release(self.held)
             self.held = 0
             self.held = await self.budget.reserve(self.part_size)
-            self.buf.grow(max(self.held, self.part_size))
+            self.buf.grow(self.part_size)  # the budget is never below a part (Options)
             return
         await self._flush_part()
 
@@ -180,7 +180,7 @@ class _Transfer:
                     f"received {self.received} of {info.content_length} bytes (Content-Length)"
                 )
 
-    async def _finish(self, info: BodyInfo) -> Stored:
+    async def _finish(self) -> Stored:
         if self.gzip is not None:
             await self._append(self.gzip.flush())
         if self.upload is None:

@@ -176,6 +176,11 @@ class S3Writer:
             f"{base.raw_host}" if base.is_default_port() else f"{base.raw_host}:{base.port}"
         )
 
+    @property
+    def client(self) -> Any:
+        """The aioboto3 S3 client this writer uses (bucket set-up, reading objects back)."""
+        return self._client
+
     def describe(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 

@@ -167,31 +167,22 @@ async def _writer(
 async def _embedded_s3_writer(
     endpoint: str, concurrency: int
 ) -> AsyncIterator[tuple[ObjectWriter, Any]]:
-    """Like ``runtime.s3_writer``, with the demo's own session and dummy credentials."""
+    """``runtime.s3_writer`` with the demo's own session and dummy credentials."""
     import aioboto3
-    import aiohttp
 
-    from ingest_core.runtime import s3_config
-    from ingest_core.writers import S3Writer
+    from ingest_core.runtime import s3_writer
 
     session = aioboto3.Session(
         aws_access_key_id=DEMO_CREDENTIAL,
         aws_secret_access_key=DEMO_CREDENTIAL,
         region_name=REGION,
     )
-    async with session.client("s3", endpoint_url=endpoint, config=s3_config(concurrency)) as client:
-        await client.create_bucket(Bucket=BUCKET)
-        credentials = await session.get_credentials()
-        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector, trust_env=False) as http:
-            writer = S3Writer(
-                client=client,
-                bucket=BUCKET,
-                credentials=credentials,
-                http=http,
-                endpoint_url=endpoint,
-            )
-            yield writer, client
+    settings = Settings(policy=POLICY, s3_endpoint_url=endpoint)
+    async with s3_writer(
+        BUCKET, concurrency=concurrency, settings=settings, session=session
+    ) as writer:
+        await writer.client.create_bucket(Bucket=BUCKET)
+        yield writer, writer.client
 
 
 async def _run(
