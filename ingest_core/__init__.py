@@ -21,6 +21,7 @@ from ingest_core.errors import (
     WriteError,
 )
 from ingest_core.events import Job, PlannedItem, parse_event
+from ingest_core.redact import register_secret, scrub
 from ingest_core.results import ItemResult, ItemStatus
 from ingest_core.secrets import resolve_secret_headers
 from ingest_core.settings import Settings
@@ -54,6 +55,8 @@ __all__ = [
     "TruncatedBody",
     "WriteError",
     "parse_event",
+    "register_secret",
     "resolve_secret_headers",
     "run_job",
+    "scrub",
 ]

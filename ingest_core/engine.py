@@ -31,6 +31,7 @@ from ingest_core.errors import (
 )
 from ingest_core.events import Job, PlannedItem
 from ingest_core.fetcher import (
+    CREDENTIAL_HEADERS,
     FetchRequest,
     encode_params,
     iter_body,
@@ -39,6 +40,7 @@ from ingest_core.fetcher import (
 )
 from ingest_core.keys import KeyTemplate, params_hash
 from ingest_core.limits import ByteBudget, TokenBucket
+from ingest_core.redact import register_secret
 from ingest_core.results import ItemResult, ItemStatus, Tally
 from ingest_core.retry import backoff_s
 from ingest_core.settings import Settings
@@ -94,11 +96,20 @@ class _Run:
         # Derived once per run, not per item or attempt.
         self.template = self.job.api.template
         self.secret_header_names = frozenset(self.job.api.secret_headers)
+        _register_header_secrets(self.headers, self.secret_header_names)
 
     def record(self, result: ItemResult) -> None:
         self.tally.add(result)
         if self.on_item is not None:
             self.on_item(result)
+
+
+def _register_header_secrets(headers: Mapping[str, str], secret_names: frozenset[str]) -> None:
+    """Callers may pass headers they resolved themselves: their secrets are scrubbed too."""
+    secret = {name.lower() for name in secret_names} | CREDENTIAL_HEADERS
+    for name, value in headers.items():
+        if name.lower() in secret:
+            register_secret(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from ingest_core.redact import scrub, scrub_value
+
 
 class FailureKind(StrEnum):
     """The closed set of reasons an item did not land (DESIGN §6)."""
@@ -160,8 +162,10 @@ class PartialFailureError(IngestError):
     """``fail_on_error`` is set and at least one item failed; carries the result."""
 
     def __init__(self, result: dict[str, Any]) -> None:
-        self.result = result
+        self.result = scrub_value(result)
         super().__init__(
-            f"{result.get('failed', 0)} failed, {result.get('not_attempted', 0)} not attempted"
-            f" of {result.get('requested', 0)} (manifest: {result.get('manifest_key')})"
+            scrub(
+                f"{result.get('failed', 0)} failed, {result.get('not_attempted', 0)} not attempted"
+                f" of {result.get('requested', 0)} (manifest: {result.get('manifest_key')})"
+            )
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
@@ -14,6 +14,7 @@ import orjson
 
 from ingest_core.config import MAX_FAILURES_IN_RESULT
 from ingest_core.errors import FailureKind
+from ingest_core.redact import contains_secret, scrub
 
 RESULT_FAILURES_BUDGET_BYTES = 192 * 1024  # leaves room under Step Functions' 256 KiB
 MAX_FAILURE_PARAMS_BYTES = 2048
@@ -107,7 +108,13 @@ class Tally:
     _seen_latencies: int = 0
 
     def add(self, result: ItemResult) -> None:
-        """Count one item and append its manifest line."""
+        """Count one item and append its manifest line.
+
+        Every item's outcome passes here, so this is where its error text is
+        scrubbed of registered secrets, whatever produced the text.
+        """
+        if result.error and contains_secret(result.error):
+            result = replace(result, error=scrub(result.error))
         self.manifest.write(result.manifest_line())
         self.retries += max(0, result.attempts - 1)
         if result.succeeded:

@@ -4,6 +4,8 @@ A reference is ``secretsmanager:NAME``, ``secretsmanager:NAME#json_key`` or
 ``ssm:/param/name``. Values are fetched with Powertools Parameters, which caches
 them for ``SECRET_CACHE_S`` across warm invocations. No value is ever logged or
 put in an exception message; messages name the header and the reference only.
+Every resolved value is registered with ``ingest_core.redact``, which scrubs it
+from any text the run produces (parser errors that quote a response, tracebacks).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import orjson
 
 from ingest_core.errors import SecretResolutionError
+from ingest_core.redact import register_secret
 
 SECRET_CACHE_S = 300
 # botocore logs whole request params and response bodies at DEBUG ("Response body:
@@ -51,7 +54,10 @@ def resolve_secret_headers(secret_headers: Mapping[str, str]) -> dict[str, str]:
     Raises:
         SecretResolutionError: naming the header and reference, never a value.
     """
-    return {name: _resolve(name, ref) for name, ref in secret_headers.items()}
+    resolved = {name: _resolve(name, ref) for name, ref in secret_headers.items()}
+    for value in resolved.values():
+        register_secret(value)
+    return resolved
 
 
 def _resolve(header: str, ref: str) -> str:
