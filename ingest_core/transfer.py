@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # What a body of unknown length may buffer before it must reserve a whole part.
 SMALL_RESERVATION = 256 * 1024
 SNIFF_BYTES = 64
+# zlib's deflate state at the default level: (1 << (wbits + 2)) + (1 << (memLevel + 9))
+# bytes plus a few KiB of bookkeeping. Counted in the budget with each compressed body.
+GZIP_STATE_BYTES = 260 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,21 +99,22 @@ class _Transfer:
         self.budget, self.records_path = budget, records_path
         self.part_size = options.part_size
         self.buf = _PartBuffer(0)
-        self.raw = bytearray()  # the uncompressed body, while it may still fit one PUT
         self.received = 0
         self.stored = 0
         self.held = 0
         self.sniff = b""
-        self.keep_raw = True
         self.upload: MultipartUpload | None = None
+        # The compressor's own state is reserved beside the buffer; only compressed
+        # bytes are ever buffered (the uncompressed body is not kept, see _records).
+        self.overhead = GZIP_STATE_BYTES if options.compress else 0
         self.gzip = zlib.compressobj(wbits=31) if options.compress else None
 
     async def run(self, chunks: AsyncIterator[bytes], info: BodyInfo) -> Stored:
         first = (
             info.content_length if info.content_length is not None and not info.encoded else None
         )
-        self.held = await self.budget.reserve(min(self.part_size, first or SMALL_RESERVATION))
-        self.buf = _PartBuffer(self.held)
+        self.held = await self._reserve(min(self.part_size, first or SMALL_RESERVATION))
+        self.buf = _PartBuffer(max(0, self.held - self.overhead))
         try:
             async for chunk in chunks:
                 await self._take(chunk)
@@ -129,13 +133,11 @@ class _Transfer:
             raise BodyTooLarge(f"body exceeds max_body_bytes ({self.options.max_body_bytes})")
         if len(self.sniff) < SNIFF_BYTES:
             self.sniff += chunk[: SNIFF_BYTES - len(self.sniff)]
-        if self.gzip is not None and self.upload is None and self.keep_raw:
-            if len(self.raw) + len(chunk) > self.part_size:
-                # Too big to parse whole: judge it like a multipart body instead.
-                self.keep_raw, self.raw = False, bytearray()
-            else:
-                self.raw += chunk
         await self._append(self.gzip.compress(chunk) if self.gzip is not None else chunk)
+
+    async def _reserve(self, nbytes: int) -> int:
+        """Reserve room for ``nbytes`` of buffer plus the compressor, clamped to the budget."""
+        return await self.budget.reserve(nbytes + self.overhead)
 
     async def _append(self, data: bytes) -> None:
         view = memoryview(data)
@@ -150,7 +152,7 @@ class _Transfer:
             # Give back before asking for more, so no request waits while holding.
             self.budget.release(self.held)
             self.held = 0
-            self.held = await self.budget.reserve(self.part_size)
+            self.held = await self._reserve(self.part_size)
             self.buf.grow(self.part_size)  # the budget is never below a part (Options)
             return
         await self._flush_part()
@@ -159,7 +161,6 @@ class _Transfer:
         if self.upload is None:
             self._judge_large_body()
             self.upload = await self.writer.start_multipart(self.key, self.meta)
-            self.raw = bytearray()
         await self._send_part()
 
     async def _send_part(self) -> None:
@@ -191,17 +192,34 @@ class _Transfer:
         return Stored(self.received, self.stored, None, multipart=True)
 
     async def _put_whole(self) -> Stored:
-        body = bytes(self.buf.view())
         records = None
-        if not self.keep_raw:
+        if self.received > self.part_size:  # compressed into one part, too big to parse
             self._judge_large_body()
         else:
-            raw = self.raw if self.gzip is not None else body
-            records = count_records(raw, self.records_path) if raw else None
+            records = self._records()
             if self.options.expect_json and records is None:
-                raise InvalidBody("body is not JSON or NDJSON" if raw else "body is empty")
-        await self.writer.put(self.key, body, self.meta)
-        return Stored(self.received, len(body), records, multipart=False)
+                why = "body is not JSON or NDJSON" if self.received else "body is empty"
+                raise InvalidBody(why)
+        # Sent straight from the reserved buffer: a copy here was memory the budget
+        # never saw (one body per PUT in flight).
+        with self.buf.view() as body:
+            await self.writer.put(self.key, body, self.meta)
+            return Stored(self.received, len(body), records, multipart=False)
+
+    def _records(self) -> int | None:
+        """Count the records of a body held whole in the buffer.
+
+        A compressed body is inflated here, synchronously: no other item can run
+        meanwhile, so at most one uncompressed part exists outside the budget at
+        any moment, instead of one per item in flight.
+        """
+        if not self.received:
+            return None
+        with self.buf.view() as held:
+            if self.gzip is None:
+                return count_records(held, self.records_path)
+            raw = zlib.decompress(held, wbits=31)
+        return count_records(raw, self.records_path)
 
     async def _abort(self) -> None:
         if self.upload is None:

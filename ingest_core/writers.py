@@ -108,8 +108,12 @@ class ObjectWriter(Protocol):
     async def exists(self, key: str) -> bool:
         """True when an object is already stored under ``key``."""
 
-    async def put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
-        """Store a whole object in one request."""
+    async def put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
+        """Store a whole object in one request.
+
+        ``data`` may be a view of the caller's buffer: read it during the call,
+        keep no reference after it.
+        """
 
     async def start_multipart(self, key: str, meta: ObjectMeta) -> MultipartUpload:
         """Begin an object too large for one request."""
@@ -193,7 +197,7 @@ class S3Writer:
             raise _s3_error("HeadObject", exc) from exc
         return True
 
-    async def put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+    async def put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
         if self.lean:
             try:
                 await self._lean_put(key, _Payload.of_bytes(data), meta)
@@ -228,7 +232,7 @@ class S3Writer:
                 self.lean = False
         await put_file_in_parts(self, key, path, meta)
 
-    async def _sdk_put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+    async def _sdk_put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
         try:
             await self._client.put_object(
                 Bucket=self.bucket,
@@ -290,11 +294,11 @@ class _Payload:
     md5_b64: str
     sha256: str
     size: int
-    data: bytes | None = None
+    data: bytes | memoryview | None = None
     path: Path | None = None
 
     @classmethod
-    def of_bytes(cls, data: bytes) -> _Payload:
+    def of_bytes(cls, data: bytes | memoryview) -> _Payload:
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
         return cls(md5, hashlib.sha256(data).hexdigest(), len(data), data=data)
 
@@ -313,10 +317,16 @@ class _Payload:
         return cls(base64.b64encode(md5.digest()).decode(), sha.hexdigest(), size, path=path)
 
     @contextmanager
-    def open(self) -> Iterator[bytes | IO[bytes]]:
-        """The body to hand to aiohttp: the bytes, or the file opened afresh per attempt."""
+    def open(self) -> Iterator[bytes | memoryview | PartStream | IO[bytes]]:
+        """The body to hand to aiohttp, afresh per attempt: bytes, a stream, or the file.
+
+        A large body goes as a ``PartStream``: handed over whole, Python 3.11's
+        socket transport copies whatever the socket does not take at once, a
+        second copy of the body outside the memory budget.
+        """
         if self.path is None:
-            yield self.data or b""
+            data = self.data if self.data is not None else b""
+            yield PartStream(data) if len(data) > SMALL_BODY else data
             return
         with self.path.open("rb") as source:
             yield source
@@ -435,9 +445,9 @@ class PartStream:
             yield chunk
 
 
-def _body(data: bytes) -> bytes | PartStream:
-    """Large bodies as a ``PartStream`` (see there); small ones as they are."""
-    return PartStream(data) if len(data) > SMALL_BODY else data
+def _body(data: bytes | memoryview) -> bytes | PartStream:
+    """Large bodies as a ``PartStream`` (see there); small ones as bytes."""
+    return PartStream(data) if len(data) > SMALL_BODY else bytes(data)
 
 
 def _sdk_meta(meta: ObjectMeta) -> dict[str, Any]:
@@ -520,7 +530,7 @@ class LocalDirWriter:
     async def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    async def put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+    async def put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
         upload = await self.start_multipart(key, meta)
         try:
             await upload.upload_part(data)

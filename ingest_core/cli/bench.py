@@ -60,7 +60,7 @@ class NullWriter:
     async def exists(self, key: str) -> bool:
         return False
 
-    async def put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+    async def put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
         return None
 
     async def start_multipart(self, key: str, meta: ObjectMeta) -> MultipartUpload:

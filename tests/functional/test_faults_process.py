@@ -145,7 +145,7 @@ class SlowPartsWriter:
     async def exists(self, key: str) -> bool:
         return await self._inner.exists(key)
 
-    async def put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
+    async def put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
         await self._inner.put(key, data, meta)
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:

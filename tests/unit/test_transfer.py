@@ -51,8 +51,8 @@ class MemoryWriter:
     async def exists(self, key: str) -> bool:
         return key in self.objects
 
-    async def put(self, key: str, data: bytes, meta: ObjectMeta) -> None:
-        self.objects[key] = data
+    async def put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
+        self.objects[key] = bytes(data)  # a view of the caller's buffer
 
     async def start_multipart(self, key: str, meta: ObjectMeta) -> MemoryUpload:
         upload = MemoryUpload(self, key)
