@@ -5,8 +5,9 @@ when it holds exactly the bytes received. Multipart uploads are completed only b
 the caller after every byte arrived and are aborted on any error or
 cancellation; local files are written to a temporary name and renamed.
 
-S3 single PUTs take a lean path by default: signed with botocore's SigV4 signer
-using the aioboto3 session's (refreshing) credentials and sent on an aiohttp
+S3 single PUTs take a lean path by default: signed by ``sigv4`` (Content-MD5
+signed, payload hash ``UNSIGNED-PAYLOAD``) with the aioboto3 session's
+(refreshing) credentials and sent on an aiohttp
 session of our own, because ``put_object`` spends about ten times the CPU of the
 request itself on endpoint rules and signing (docs/PERFORMANCE.md has the
 figures). Multipart uploads and HEADs stay on aioboto3.
@@ -283,24 +284,25 @@ class S3Writer:
             region=self._region,
             credentials=frozen,
             headers=headers,
-            payload_sha256=payload.sha256,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class _Payload:
-    """A lean PUT's body (bytes, or a file streamed from disk) and its digests."""
+    """A lean PUT's body (bytes, or a file streamed from disk) and its MD5.
+
+    Only the MD5: it goes as ``Content-MD5``, a signed header, so S3 verifies the
+    bytes; the payload itself is not hashed for the signature (``sigv4``).
+    """
 
     md5_b64: str
-    sha256: str
     size: int
     data: bytes | memoryview | None = None
     path: Path | None = None
 
     @classmethod
     def of_bytes(cls, data: bytes | memoryview) -> _Payload:
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
-        return cls(md5, hashlib.sha256(data).hexdigest(), len(data), data=data)
+        return cls(base64.b64encode(hashlib.md5(data).digest()).decode(), len(data), data=data)
 
     @classmethod
     async def of_file(cls, path: Path) -> _Payload:
@@ -308,13 +310,12 @@ class _Payload:
 
     @classmethod
     def _hash_file(cls, path: Path) -> _Payload:
-        md5, sha, size = hashlib.md5(), hashlib.sha256(), 0
+        md5, size = hashlib.md5(), 0
         with path.open("rb") as source:
             while chunk := source.read(FILE_READ_CHUNK):
                 md5.update(chunk)
-                sha.update(chunk)
                 size += len(chunk)
-        return cls(base64.b64encode(md5.digest()).decode(), sha.hexdigest(), size, path=path)
+        return cls(base64.b64encode(md5.digest()).decode(), size, path=path)
 
     @contextmanager
     def open(self) -> Iterator[bytes | memoryview | PartStream | IO[bytes]]:

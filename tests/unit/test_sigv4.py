@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 import botocore.auth
+import botocore.config
 import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest_core.sigv4 import Credentials, sign_put
+from ingest_core.sigv4 import UNSIGNED_PAYLOAD, Credentials, sign_put
 
 NOW = datetime(2025, 2, 23, 12, 34, 56, tzinfo=UTC)
 
@@ -24,9 +25,15 @@ def botocore_headers(
     payload: bytes,
     creds: Credentials,
     monkeypatch: pytest.MonkeyPatch,
+    *,
+    sign_payload: bool = True,
 ) -> dict[str, str]:
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: NOW.replace(tzinfo=None))
     request = AWSRequest(method="PUT", url=url, data=payload, headers=dict(headers))
+    if not sign_payload:  # what botocore does over TLS when the request carries a checksum
+        request.context["client_config"] = botocore.config.Config(
+            s3={"payload_signing_enabled": False}
+        )
     boto = BotoCredentials(creds.access_key, creds.secret_key, creds.token)
     botocore.auth.S3SigV4Auth(boto, "s3", "eu-west-1").add_auth(request)
     return {k.lower(): v for k, v in request.headers.items()}
@@ -94,3 +101,35 @@ def test_same_signature_for_any_key_and_body(key: str, payload: bytes, meta: str
     with pytest.MonkeyPatch.context() as mp:
         theirs = botocore_headers("http://127.0.0.1:9000" + path, headers, payload, creds, mp)
     assert ours["authorization"] == theirs["authorization"]
+
+
+@pytest.mark.parametrize("token", [None, "session-token"])
+def test_unsigned_payload_matches_botocore(
+    monkeypatch: pytest.MonkeyPatch, token: str | None
+) -> None:
+    # GIVEN the lean path's PUT: Content-MD5 signed, the payload hash left out
+    creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    headers = {"Content-Type": "application/json", "Content-MD5": "1B2M2Y8AsgTpgAmY7PhCfg=="}
+    host = "raw-bucket.s3.eu-west-1.amazonaws.com"
+    path = "/src/2025-02-23/r-1.json"
+    # WHEN ours signs it with the default payload hash and botocore with payload signing off
+    ours = sign_put(
+        host=host, path=path, region="eu-west-1", credentials=creds, headers=headers, now=NOW
+    )
+    theirs = botocore_headers(
+        f"https://{host}{path}", headers, b"[1]", creds, monkeypatch, sign_payload=False
+    )
+    # THEN both say UNSIGNED-PAYLOAD and sign the MD5 header identically
+    assert ours["x-amz-content-sha256"] == theirs["x-amz-content-sha256"] == UNSIGNED_PAYLOAD
+    assert "content-md5" in ours["authorization"].split("SignedHeaders=")[1]
+    assert ours["authorization"] == theirs["authorization"]
+
+
+def test_clock_stamp_is_the_current_utc_second() -> None:
+    # The per-second cache must give the same stamp as formatting the clock directly.
+    before = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    headers = sign_put(
+        host="h", path="/b/k", region="us-east-1", credentials=Credentials("a", "b"), headers={}
+    )
+    after = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    assert before <= headers["x-amz-date"] <= after
