@@ -8,7 +8,10 @@ nothing here reads the environment (that is ``netguard.NetPolicy.from_env`` and
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import string
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_CONCURRENCY = 64
 MAX_CONCURRENCY = 1024
@@ -25,7 +28,53 @@ DEFAULT_MEMORY_BUDGET_MB = 256
 DEFAULT_DEADLINE_MARGIN_S = 5.0
 MAX_FAILURES_IN_RESULT = 1000
 
+DEFAULT_PACK_TARGET_MB = 64
+MAX_PACK_TARGET_MB = 5 * 1024
+PACK_KEY_FIELDS = frozenset({"source_id", "request_id", "first_index", "part"})
+PACK_KEY_TEMPLATES = {
+    "gzip": "{source_id}/{request_id}-{first_index}-{part}.ndjson.gz",
+    "none": "{source_id}/{request_id}-{first_index}-{part}.ndjson",
+}
+
 MIB = 1024 * 1024
+
+
+class PackOptions(BaseModel):
+    """``options.pack`` (DESIGN §13): many responses share one NDJSON object."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+    unit: Literal["response", "record"] = "response"
+    target_mb: int = Field(DEFAULT_PACK_TARGET_MB, ge=1, le=MAX_PACK_TARGET_MB)
+    compression: Literal["gzip", "none"] = "gzip"
+    key_template: str | None = None
+
+    @field_validator("key_template")
+    @classmethod
+    def _template_fields(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"does not parse: {exc}") from None
+        unknown = sorted(fields - PACK_KEY_FIELDS)
+        if unknown:
+            allowed = ", ".join(f"{{{name}}}" for name in sorted(PACK_KEY_FIELDS))
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}}; use {allowed}")
+        if "part" not in fields:
+            raise ValueError("must contain {part}, or rotated objects would overwrite each other")
+        return value
+
+    @property
+    def template(self) -> str:
+        """The key template, defaulting by compression."""
+        return self.key_template or PACK_KEY_TEMPLATES[self.compression]
+
+    @property
+    def target_bytes(self) -> int:
+        """Rotation threshold in (compressed) bytes."""
+        return self.target_mb * MIB
 
 
 class Options(BaseModel):
@@ -49,6 +98,7 @@ class Options(BaseModel):
     skip_existing: bool = False
     expect_json: bool = True
     fail_on_error: bool = False
+    pack: PackOptions | None = None
 
     @model_validator(mode="after")
     def _budget_holds_a_part(self) -> Options:

@@ -38,8 +38,9 @@ from ingest_core.fetcher import (
     make_http_session,
     open_response,
 )
-from ingest_core.keys import KeyTemplate, params_hash
+from ingest_core.keys import KeyTemplate, PackKeys, params_hash
 from ingest_core.limits import ByteBudget, TokenBucket
+from ingest_core.packing import Packer, Staged, first_index, make_unit
 from ingest_core.redact import register_secret
 from ingest_core.results import ItemResult, ItemStatus, Tally
 from ingest_core.retry import backoff_s
@@ -85,6 +86,7 @@ class _Run:
     clock: _Clock
     tally: Tally
     on_item: ItemCallback | None
+    packer: Packer | None = None
     budget: ByteBudget = field(init=False)
     bucket: TokenBucket = field(init=False)
     template: KeyTemplate = field(init=False)
@@ -184,12 +186,47 @@ async def run_job(
         on_item=on_item,
     )
     try:
+        run.packer = await _start_packer(run)
         span = await _fan_out(run, stop)
+        if run.packer is not None:
+            await run.packer.close(_pack_close_timeout(run, deadline))
         return await _finish(run, span, started, write_manifest, manifest_prefix)
     finally:
+        if run.packer is not None:
+            await run.packer.abort("cancelled")  # a no-op once closed
         run.tally.close()
         if own_http:
             await http.close()
+
+
+async def _start_packer(run: _Run) -> Packer | None:
+    """With ``options.pack``, items go to a packer instead of an object each (DESIGN §13)."""
+    pack = run.job.options.pack
+    if pack is None:
+        return None
+    keys = PackKeys(
+        pack.template, run.job.api.source_id, run.job.request_id, first_index(run.job.items())
+    )
+    packer = Packer(
+        writer=run.writer,
+        options=run.job.options,
+        keys=keys,
+        unit=make_unit(
+            pack, records_path=run.job.api.records_path, expect_json=run.job.options.expect_json
+        ),
+        budget=run.budget,
+        on_result=run.record,
+    )
+    await packer.start()
+    return packer
+
+
+def _pack_close_timeout(run: _Run, deadline: float | None) -> float | None:
+    """Until a quarter of the margin before the deadline: the manifest still needs time."""
+    if deadline is None:
+        return None
+    margin = run.job.options.deadline_margin_s
+    return max(0.0, deadline - margin / 4 - time.monotonic())
 
 
 async def _fan_out(run: _Run, stop: asyncio.Event | None) -> tuple[int | None, int | None]:
@@ -264,6 +301,8 @@ async def _worker(run: _Run, items: Iterator[PlannedItem]) -> None:
             continue
         try:
             result = await _process(run, item)
+            if result is None:
+                continue  # packed: reported when its object is complete
         except asyncio.CancelledError:
             if not run.clock.stopping:
                 raise
@@ -297,7 +336,7 @@ def _key(run: _Run, item: PlannedItem) -> str:
     )
 
 
-async def _process(run: _Run, item: PlannedItem) -> ItemResult:
+async def _process(run: _Run, item: PlannedItem) -> ItemResult | None:
     key = _key(run, item)
     started = time.monotonic()
     if run.job.options.skip_existing:
@@ -309,7 +348,7 @@ async def _process(run: _Run, item: PlannedItem) -> ItemResult:
     return await _attempts(run, item, key, started)
 
 
-async def _attempts(run: _Run, item: PlannedItem, key: str, started: float) -> ItemResult:
+async def _attempts(run: _Run, item: PlannedItem, key: str, started: float) -> ItemResult | None:
     options = run.job.options
     request = FetchRequest(
         url=run.job.api.endpoint,
@@ -330,7 +369,7 @@ async def _attempts(run: _Run, item: PlannedItem, key: str, started: float) -> I
         except WriteError as exc:
             return _failed(item, key, exc, attempts=attempt, started=started)
         else:
-            return _written(item, key, stored, attempt, started)
+            return _settle(run, item, key, stored, attempt, started)
         delay = _retry_delay(run, error, attempt)
         if delay is None:
             return _failed(item, key, error, attempts=attempt, started=started)
@@ -350,9 +389,13 @@ def _retry_delay(run: _Run, error: Exception, attempt: int) -> float | None:
     return delay
 
 
-async def _attempt(run: _Run, item: PlannedItem, key: str, request: FetchRequest) -> Stored:
+async def _attempt(
+    run: _Run, item: PlannedItem, key: str, request: FetchRequest
+) -> Stored | Staged:
     async with open_response(run.http, request, run.settings.policy) as response:
         info = _body_info(response)
+        if run.packer is not None:
+            return await _stage(run.packer, item, response, info)
         meta = _object_meta(run, item, info)
         return await transfer(
             iter_body(response, READ_CHUNK),
@@ -364,6 +407,48 @@ async def _attempt(run: _Run, item: PlannedItem, key: str, request: FetchRequest
             budget=run.budget,
             records_path=run.job.api.records_path,
         )
+
+
+async def _stage(
+    packer: Packer, item: PlannedItem, response: aiohttp.ClientResponse, info: BodyInfo
+) -> Staged:
+    staged = packer.new_item()
+    try:
+        await packer.stage(
+            staged,
+            iter_body(response, READ_CHUNK),
+            index=item.index,
+            page=0,
+            params=item.params,
+            status=response.status,
+            content_type=info.content_type,
+            content_length=None if info.encoded else info.content_length,
+        )
+    except BaseException:
+        staged.release()
+        raise
+    return staged
+
+
+def _settle(
+    run: _Run, item: PlannedItem, key: str, stored: Stored | Staged, attempts: int, started: float
+) -> ItemResult | None:
+    """The written result, or None when the packer reports it once its object is complete."""
+    if isinstance(stored, Stored):
+        return _written(item, key, stored, attempts, started)
+    assert run.packer is not None
+    pending = ItemResult(
+        index=item.index,
+        params=item.params,
+        key=None,
+        status=ItemStatus.WRITTEN,
+        attempts=attempts,
+        received_bytes=stored.received,
+        records=stored.records,
+        latency_ms=_ms_since(started),
+    )
+    run.packer.submit(stored, pending)
+    return None
 
 
 def _body_info(response: aiohttp.ClientResponse) -> BodyInfo:

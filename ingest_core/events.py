@@ -27,7 +27,7 @@ from pydantic import (
 
 from ingest_core.config import Options
 from ingest_core.errors import BlockedError, InvalidEventError
-from ingest_core.keys import DEFAULT_KEY_TEMPLATE, KeyTemplate
+from ingest_core.keys import DEFAULT_KEY_TEMPLATE, KeyTemplate, PackKeys
 from ingest_core.netguard import NetPolicy, check_bucket, check_url
 from ingest_core.planner import count_date_range, expand_date_range
 
@@ -273,8 +273,49 @@ def parse_event(
     if problems or request_id is None:
         raise InvalidEventError(problems)
     job = _build_job(model, request_id)
+    _check_pack(job, prefix)
     _check_keys(job)
     return job
+
+
+def _check_pack(job: Job, prefix: str) -> None:
+    """``options.pack`` against the rest of the event (DESIGN §13)."""
+    pack, options = job.options.pack, job.options
+    if pack is None:
+        return
+    where = f"{prefix}options"
+    problems: list[tuple[str, str]] = []
+    if pack.unit == "record" and not options.expect_json:
+        problems.append((f"{where}.pack.unit", "record needs expect_json: records come from JSON"))
+    if options.skip_existing:
+        problems.append(
+            (f"{where}.skip_existing", "cannot be combined with pack (no per-item key)")
+        )
+    if options.compress:
+        problems.append((f"{where}.compress", "use pack.compression with pack"))
+    if options.memory_budget_mb < 2 * options.part_size_mb:
+        problems.append(
+            (
+                f"{where}.memory_budget_mb",
+                f"must be at least twice part_size_mb ({options.part_size_mb}) with pack:"
+                " one part for the object being filled, the rest for bodies",
+            )
+        )
+    if job.is_map_batch and "{first_index}" not in pack.template:
+        problems.append(
+            (
+                f"{where}.pack.key_template",
+                "must contain {first_index} in a Distributed Map batch, or batches of one"
+                " execution would overwrite each other's objects",
+            )
+        )
+    if not problems:
+        try:
+            PackKeys(pack.template, job.api.source_id, job.request_id, 0).key(0)
+        except ValueError as exc:
+            problems.append((f"{where}.pack.key_template", str(exc)))
+    if problems:
+        raise InvalidEventError(problems)
 
 
 def _flatten(event: dict[str, Any]) -> tuple[dict[str, Any], str]:

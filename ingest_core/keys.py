@@ -261,3 +261,27 @@ def _scalar_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class PackKeys:
+    """Renders ``pack.key_template``; deterministic for a request id and plan."""
+
+    template: str
+    source_id: str
+    request_id: str
+    first_index: int
+
+    def key(self, part: int) -> str:
+        values = {
+            "source_id": self.source_id,
+            "request_id": self.request_id,
+            "first_index": str(self.first_index),
+            "part": str(part),
+        }
+        out = []
+        for literal, name, _, _ in string.Formatter().parse(self.template):
+            out.append(literal)
+            if name is not None:
+                out.append(values[name])
+        return validate_key("".join(out))

@@ -33,12 +33,13 @@ def count_records(
 
 def _count_value(value: Any, records_path: str | None) -> int | None:
     if records_path:
-        value = _at_path(value, records_path)
+        value = at_path(value, records_path)
         return len(value) if isinstance(value, list) else None
     return len(value) if isinstance(value, list) else 1
 
 
-def _at_path(value: Any, path: str) -> Any:
+def at_path(value: Any, path: str) -> Any:
+    """The value at dotted ``path`` inside ``value``, or None when it is not there."""
     for name in path.split("."):
         if not isinstance(value, dict) or name not in value:
             return None

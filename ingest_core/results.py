@@ -32,6 +32,33 @@ class ItemStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class PackSpan:
+    """Where a packed item's lines are in its object (DESIGN §13).
+
+    ``first_line`` and ``line_count`` count NDJSON lines from 0. ``offset`` is the
+    byte offset in the stored object to start reading at: the item's first byte
+    when uncompressed; in a gzip object, the restart point of its block, where
+    ``skip`` uncompressed bytes come before the item's ``length`` bytes.
+    """
+
+    first_line: int
+    line_count: int
+    offset: int
+    skip: int
+    length: int
+
+    def to_dict(self) -> dict[str, int]:
+        """The manifest's ``pack`` entry."""
+        return {
+            "first_line": self.first_line,
+            "line_count": self.line_count,
+            "offset": self.offset,
+            "skip": self.skip,
+            "length": self.length,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ItemResult:
     """The outcome of one item; the fan-out records these, it never raises for them."""
 
@@ -47,6 +74,7 @@ class ItemResult:
     kind: FailureKind | None = None
     http_status: int | None = None
     error: str | None = None
+    pack: PackSpan | None = None  # set when the item's lines are in a pack object
 
     @property
     def succeeded(self) -> bool:
@@ -66,6 +94,8 @@ class ItemResult:
             "attempts": self.attempts,
             "latency_ms": self.latency_ms,
         }
+        if self.pack is not None:
+            line["pack"] = self.pack.to_dict()
         if self.kind is not None:
             line.update(kind=self.kind.value, http_status=self.http_status, error=self.error)
         return orjson.dumps(line) + b"\n"

@@ -44,6 +44,7 @@ from ingest_core.cli.redrive import (
     default_redrive_path,
     read_redrive,
 )
+from ingest_core.config import PACK_KEY_TEMPLATES
 from ingest_core.engine import RunOutcome
 from ingest_core.errors import InvalidEventError, SecretResolutionError
 from ingest_core.events import Job, parse_event
@@ -304,11 +305,21 @@ def _from_flags(args: argparse.Namespace) -> tuple[dict[str, Any], Dest]:
     )
     event = {
         "api_config": _api_config(args, dest),
-        "options": _options(args),
+        "options": _with_pack_prefix(_options(args), dest.prefix),
         "request_id": request_id,
         "date_range": date_range,
     }
     return event, dest
+
+
+def _with_pack_prefix(options: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The ``--dest`` prefix goes in front of pack keys too, as in front of item keys."""
+    pack = options.get("pack")
+    if not prefix or not isinstance(pack, dict):
+        return options
+    compression = pack.get("compression", "gzip")
+    template = pack.get("key_template") or PACK_KEY_TEMPLATES.get(compression, "")
+    return {**options, "pack": {**pack, "key_template": prefix + template}}
 
 
 def _given(value: str | None, default: str) -> str:

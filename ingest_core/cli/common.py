@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypeVar
 
-from ingest_core.config import Options
+from ingest_core.config import DEFAULT_PACK_TARGET_MB, PACK_KEY_TEMPLATES, Options
 from ingest_core.errors import InvalidEventError
 from ingest_core.results import ItemResult
 
@@ -148,6 +148,8 @@ def flag_for_field(event_field: str, reason: str) -> str:
         return flag_for_date_problem(reason)
     if event_field == "options":  # a check across fields (the memory budget)
         return "--memory-budget-mb/--part-size-mb"
+    if event_field.startswith("options.pack"):
+        return PACK_FLAGS.get(event_field.removeprefix("options.pack").lstrip("."), "--pack")
     if event_field.startswith("options."):
         name = event_field.split(".")[1]
         return option_flag(name) if name in Options.model_fields else event_field
@@ -248,6 +250,9 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
     """
     group = parser.add_argument_group("run options (DESIGN §4)")
     for name, info in Options.model_fields.items():
+        if name == "pack":
+            _add_pack_flags(parser)
+            continue
         dest = OPTION_DEST_PREFIX + name
         text = OPTION_HELP.get(name, f"options.{name}")
         if info.annotation is bool:
@@ -283,7 +288,71 @@ def options_from_args(
         value = getattr(args, OPTION_DEST_PREFIX + name, None)
         if value is not None:
             options[name] = value
+    pack = _pack_from_args(args, options.get("pack"))
+    if pack is not None:
+        options["pack"] = pack
     return options
+
+
+# The pack's fields and their flags; "" is the unit (``--pack response|record``).
+PACK_FLAGS = {
+    "": "--pack",
+    "unit": "--pack",
+    "target_mb": "--pack-target-mb",
+    "compression": "--pack-compression",
+    "key_template": "--pack-key-template",
+}
+
+
+def _add_pack_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("packing (DESIGN §13; off unless --pack is given)")
+    group.add_argument(
+        "--pack",
+        dest="pack_unit",
+        choices=("response", "record"),
+        default=None,
+        help="write NDJSON pack objects: one line per response, or one per record",
+    )
+    group.add_argument(
+        "--pack-target-mb",
+        dest="pack_target_mb",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"rotate pack objects at N MiB of stored bytes (default: {DEFAULT_PACK_TARGET_MB})",
+    )
+    group.add_argument(
+        "--pack-compression",
+        dest="pack_compression",
+        choices=("gzip", "none"),
+        default=None,
+        help="compression of pack objects (default: gzip)",
+    )
+    group.add_argument(
+        "--pack-key-template",
+        dest="pack_key_template",
+        default=None,
+        metavar="T",
+        help="pack key with {source_id} {request_id} {first_index} {part}"
+        f" (default: {PACK_KEY_TEMPLATES['gzip']})",
+    )
+
+
+def _pack_from_args(args: argparse.Namespace, base: Any) -> dict[str, Any] | None:
+    """``options.pack`` from the flags over the options file's; None when packing is off."""
+    pack = dict(base) if isinstance(base, dict) else {}
+    given = {
+        "unit": getattr(args, "pack_unit", None),
+        "target_mb": getattr(args, "pack_target_mb", None),
+        "compression": getattr(args, "pack_compression", None),
+        "key_template": getattr(args, "pack_key_template", None),
+    }
+    pack.update({name: value for name, value in given.items() if value is not None})
+    if not pack:
+        return None
+    if given["unit"] is None and "unit" not in pack and base is None:
+        raise UsageError(("--pack", "the --pack-* flags need --pack response|record"))
+    return pack
 
 
 def add_progress_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -1,0 +1,530 @@
+"""Packing (DESIGN §13): many pages become NDJSON lines in a few large objects.
+
+The engine hands each fetched page to ``Packer.stage`` (which reads the body
+within the memory budget and turns it into lines with the run's ``PackUnit``)
+and each finished item to ``Packer.submit``. One packer task appends items, in
+the order they finish, to the open object: an item's lines are contiguous and
+never span two objects. The object streams to the writer as a multipart upload
+while it fills (parts of ``part_size``; an object that ends smaller than a part
+goes as one PUT) and rotates when ``target_mb`` of stored bytes is reached.
+
+Accounting: an item is reported only when the object holding its lines is
+complete: written (with its key, first line, line count and where its bytes
+are) or, when the object could not be completed, failed with kind ``s3_error``
+after the upload was aborted, so nothing is left under that key.
+
+Gzip objects are one gzip member with a full flush (Z_FULL_FLUSH) before an item
+whenever ``FLUSH_EVERY`` uncompressed bytes were written since the last one.
+Decompression can restart at a flush point, so the manifest gives per item the
+compressed offset of its block and how many uncompressed bytes to skip there:
+``show`` reads one item with a ranged GET of about one block, not the object.
+
+::
+
+    engine worker ──stage(page)──▶ Staged ──submit(item)──▶ queue ──▶ packer task
+                                                                   │ lines → gzip → part buffer
+                                                                   ▼
+                                                  writer.start_multipart / upload_part / complete
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from ingest_core.config import Options, PackOptions
+from ingest_core.errors import BodyTooLarge, FailureKind, InvalidBody, S3WriteError, TruncatedBody
+from ingest_core.keys import PackKeys
+from ingest_core.limits import ByteBudget
+from ingest_core.records import at_path, count_records
+from ingest_core.results import ItemResult, ItemStatus, PackSpan
+from ingest_core.writers import MultipartUpload, ObjectMeta, ObjectWriter
+
+log = logging.getLogger(__name__)
+
+# Level 1: on 9 KB JSON bodies it costs about a third of level 6's CPU for a ratio
+# within ~15% of it (docs/PERFORMANCE.md, "Packing"); S3 bytes are cheap, CPU per item is not.
+GZIP_LEVEL = 1
+FLUSH_EVERY = 1024 * 1024  # uncompressed bytes between restart points in a gzip object
+SMALL_RESERVATION = 256 * 1024
+PACK_CONTENT_TYPE = "application/x-ndjson"
+ResultSink = Callable[[ItemResult], None]
+
+
+# ----------------------------------------------------------------------------- pages
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One fetched page, whole, as a pack unit sees it."""
+
+    index: int
+    page: int
+    params: Mapping[str, Any]
+    body: bytes
+    status: int
+    content_type: str | None
+    fetched_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lines:
+    """What a unit made of one page: NDJSON bytes and counts."""
+
+    data: bytes
+    count: int
+    records: int | None
+
+
+class PackUnit(Protocol):
+    """Turns one page into NDJSON lines (STYLE §15: one class per ``unit``)."""
+
+    def lines(self, page: Page) -> Lines:
+        """The page's lines; raises ``InvalidBody`` when it cannot make them."""
+
+
+def _decode(body: bytes) -> tuple[bool, Any]:
+    """(True, value) for a JSON body, (True, [values]) for NDJSON, else (False, None)."""
+    try:
+        return True, orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    values = []
+    try:
+        for line in body.split(b"\n"):
+            if line.strip():
+                values.append(orjson.loads(line))
+    except orjson.JSONDecodeError:
+        return False, None
+    return len(values) >= 2, values
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseUnit:
+    """``unit: response``: one line per page; the body is its JSON value, unchanged."""
+
+    records_path: str | None
+    expect_json: bool
+
+    def lines(self, page: Page) -> Lines:
+        is_json, value = _decode(page.body)
+        if not is_json:
+            if self.expect_json:
+                raise InvalidBody("body is not JSON or NDJSON" if page.body else "body is empty")
+            # Bodies are stored as received; bytes that are not UTF-8 cannot be a JSON string.
+            value = page.body.decode("utf-8", errors="replace")
+        line = {
+            "index": page.index,
+            "page": page.page,
+            "params": page.params,
+            "fetched_at": page.fetched_at,
+            "status": page.status,
+            "content_type": page.content_type,
+            "body": value,
+        }
+        records = count_records(page.body, self.records_path) if is_json else None
+        return Lines(orjson.dumps(line) + b"\n", 1, records)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordUnit:
+    """``unit: record``: one line per record, each with an added ``_fanout`` key.
+
+    Records are the elements at ``records_path``, of a top-level array, or the lines
+    of NDJSON; any other JSON value is one record. A ``records_path`` that is absent
+    or null holds no records (an empty last page); one that is not an array is an
+    ``invalid_body``. A record that is not an object is wrapped as ``{"value": ...}``.
+    """
+
+    records_path: str | None
+
+    def lines(self, page: Page) -> Lines:
+        is_json, value = _decode(page.body)
+        if not is_json:
+            raise InvalidBody("body is not JSON or NDJSON" if page.body else "body is empty")
+        records = self._records(value, page.body)
+        prov = {"index": page.index, "page": page.page, "fetched_at": page.fetched_at}
+        out = bytearray()
+        for record in records:
+            row = {**record} if isinstance(record, dict) else {"value": record}
+            row["_fanout"] = prov
+            out += orjson.dumps(row)
+            out += b"\n"
+        return Lines(bytes(out), len(records), len(records))
+
+    def _records(self, value: Any, body: bytes) -> list[Any]:
+        if self.records_path and not _is_ndjson(value, body):
+            value = at_path(value, self.records_path)
+            if value is None:
+                return []
+            if not isinstance(value, list):
+                raise InvalidBody(f"records_path {self.records_path!r} is not an array")
+            return value
+        return value if isinstance(value, list) else [value]
+
+
+def _is_ndjson(value: Any, body: bytes) -> bool:
+    return isinstance(value, list) and not body.lstrip().startswith(b"[")
+
+
+def make_unit(pack: PackOptions, *, records_path: str | None, expect_json: bool) -> PackUnit:
+    """The unit the options name."""
+    if pack.unit == "record":
+        return RecordUnit(records_path)
+    return ResponseUnit(records_path, expect_json)
+
+
+# ----------------------------------------------------------------------------- staging
+
+
+@dataclass(slots=True)
+class Staged:
+    """An item's lines, ready to pack, holding their memory budget reservation."""
+
+    budget: ByteBudget
+    reserved: int
+    data: bytearray = field(default_factory=bytearray)
+    lines: int = 0
+    records: int | None = 0
+    received: int = 0
+    pages: int = 0
+
+    def add(self, lines: Lines, received: int) -> None:
+        self.data += lines.data
+        self.lines += lines.count
+        self.received += received
+        self.pages += 1
+        if self.records is not None:
+            self.records = None if lines.records is None else self.records + lines.records
+
+    def release(self) -> None:
+        """Give the reservation back; safe to call more than once."""
+        self.budget.release(self.reserved)
+        self.reserved = 0
+
+
+async def _read_body(
+    chunks: AsyncIterator[bytes],
+    staged: Staged,
+    *,
+    limit: int,
+    hint: int | None,
+) -> bytes:
+    """Read a whole body; ``staged`` holds twice its size (body and lines) beside its lines."""
+    base = len(staged.data)
+    body = bytearray()
+    await _grow(staged, base + 2 * min(limit, hint or SMALL_RESERVATION))
+    async for chunk in chunks:
+        if len(body) + len(chunk) > limit:
+            raise BodyTooLarge(f"a packed body must fit in memory: at most {limit} bytes")
+        body += chunk
+        if base + 2 * len(body) > staged.reserved:
+            await _grow(staged, base + min(2 * limit, 4 * len(body)))
+    return bytes(body)
+
+
+async def _grow(staged: Staged, total: int) -> None:
+    """Hold ``total`` bytes; give back first, so no one waits while holding (ByteBudget)."""
+    if total <= staged.reserved:
+        return
+    staged.release()
+    staged.reserved = await staged.budget.reserve(total)
+
+
+# ----------------------------------------------------------------------------- objects
+
+
+@dataclass(slots=True)
+class _Held:
+    result: ItemResult
+    span: PackSpan
+
+
+class _Object:
+    """One pack object being filled: its compressor, part buffer and items."""
+
+    def __init__(self, key: str, compression: str) -> None:
+        self.key = key
+        self.gzip = (
+            zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if compression == "gzip" else None
+        )
+        self.buf = bytearray()
+        self.upload: MultipartUpload | None = None
+        self.stored = 0  # bytes sent as parts
+        self.lines = 0
+        self.raw = 0  # uncompressed bytes
+        self.since_flush = 0
+        self.block_start = 0  # compressed offset of the current restart point
+        self.items: list[_Held] = []
+
+    @property
+    def size(self) -> int:
+        """Stored bytes so far (compressed, when compressing)."""
+        return self.stored + len(self.buf)
+
+    def append(self, staged: Staged, result: ItemResult) -> None:
+        """Add one item's lines; no await, so an item is never half in an object."""
+        if self.gzip is not None and self.since_flush >= FLUSH_EVERY:
+            # A restart point: decompression can begin here (raw deflate, no history).
+            self.buf += self.gzip.flush(zlib.Z_FULL_FLUSH)
+            self.since_flush = 0
+            self.block_start = self.size
+        if self.gzip is None:
+            offset, skip = self.size, 0
+        else:
+            offset, skip = self.block_start, self.since_flush
+        span = PackSpan(
+            first_line=self.lines,
+            line_count=staged.lines,
+            offset=offset,
+            skip=skip,
+            length=len(staged.data),
+        )
+        self.buf += self.gzip.compress(staged.data) if self.gzip is not None else staged.data
+        self.lines += staged.lines
+        self.raw += len(staged.data)
+        self.since_flush += len(staged.data)
+        self.items.append(_Held(result, span))
+
+    def finish(self) -> None:
+        if self.gzip is not None:
+            self.buf += self.gzip.flush()
+
+
+# ----------------------------------------------------------------------------- packer
+
+
+class Packer:
+    """Packs a run's items into objects; see the module docstring.
+
+    Args:
+        writer: where objects go (S3 or a local folder).
+        options: the run's options (``options.pack`` must be set).
+        keys: renders object keys.
+        unit: turns pages into lines.
+        budget: the run's memory budget, shared with the fetches.
+        on_result: called once per submitted item when its object completes or fails.
+    """
+
+    def __init__(
+        self,
+        *,
+        writer: ObjectWriter,
+        options: Options,
+        keys: PackKeys,
+        unit: PackUnit,
+        budget: ByteBudget,
+        on_result: ResultSink,
+    ) -> None:
+        assert options.pack is not None
+        self.writer, self.keys, self.unit, self.budget = writer, keys, unit, budget
+        self.pack: PackOptions = options.pack
+        self.part_size = options.part_size
+        self.on_result = on_result
+        # The packer's own buffer takes a part; a staged body and its lines the rest.
+        self.max_body = min(options.max_body_bytes, (options.memory_budget - self.part_size) // 2)
+        self._queue: asyncio.Queue[tuple[Staged, ItemResult] | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._held = 0
+        self._part = 0
+        self._open: _Object | None = None
+        self.objects_written = 0
+        self.objects_failed = 0
+
+    async def start(self) -> None:
+        """Reserve the part buffer and start the packer task."""
+        self._held = await self.budget.reserve(self.part_size)
+        self._task = asyncio.create_task(self._run(), name="packer")
+
+    def new_item(self) -> Staged:
+        """An empty staging area for one item's pages."""
+        return Staged(self.budget, 0)
+
+    async def stage(
+        self,
+        staged: Staged,
+        chunks: AsyncIterator[bytes],
+        *,
+        index: int,
+        page: int,
+        params: Mapping[str, Any],
+        status: int,
+        content_type: str | None,
+        content_length: int | None,
+    ) -> None:
+        """Read one page whole and add its lines to ``staged``.
+
+        Raises:
+            FetchError: the body is too large for memory, truncated or invalid.
+        """
+        fetched_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        body = await _read_body(chunks, staged, limit=self.max_body, hint=content_length)
+        if content_length is not None and len(body) != content_length:
+            raise TruncatedBody(f"received {len(body)} of {content_length} bytes (Content-Length)")
+        lines = self.unit.lines(Page(index, page, params, body, status, content_type, fetched_at))
+        staged.add(lines, received=len(body))
+
+    def submit(self, staged: Staged, result: ItemResult) -> None:
+        """Hand a fetched item to the packer; its result is reported when its object ends."""
+        self._queue.put_nowait((staged, result))
+
+    async def close(self, within_s: float | None = None) -> None:
+        """Complete the open object and report every item; give up after ``within_s``.
+
+        Items in an object that could not be completed in time fail (``s3_error``,
+        upload aborted); items not yet packed are reported as not attempted.
+        """
+        if self._task is None:
+            return
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), within_s)
+        except TimeoutError:
+            await self.abort("the pack could not be completed before the deadline")
+        except Exception as exc:  # a bug in the packer must not lose items: report them
+            log.exception("packer failed")
+            await self.abort(f"packer failed: {type(exc).__name__}")
+        finally:
+            self.budget.release(self._held)
+            self._held = 0
+
+    async def abort(self, why: str) -> None:
+        """Stop now: abort the open object, fail its items, report queued ones."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._open is not None:
+            await self._fail(self._open, why)
+        self._drain(why)
+
+    async def _run(self) -> None:
+        while (entry := await self._queue.get()) is not None:
+            staged, result = entry
+            try:
+                await self._append(staged, result)
+            finally:
+                staged.release()
+        if self._open is not None:
+            await self._complete(self._open)
+
+    async def _append(self, staged: Staged, result: ItemResult) -> None:
+        obj = self._open or self._new_object()
+        obj.append(staged, result)
+        staged.data = bytearray()  # compressed into the object: let it go now
+        try:
+            while len(obj.buf) >= self.part_size:
+                await self._send_part(obj)
+        except S3WriteError as exc:
+            await self._fail(obj, str(exc))
+            return
+        if obj.size >= self.pack.target_bytes:
+            await self._complete(obj)
+
+    def _new_object(self) -> _Object:
+        obj = _Object(self.keys.key(self._part), self.pack.compression)
+        self._part += 1
+        self._open = obj
+        return obj
+
+    def _meta(self) -> ObjectMeta:
+        encoding = "gzip" if self.pack.compression == "gzip" else None
+        return ObjectMeta(
+            content_type=PACK_CONTENT_TYPE,
+            content_encoding=encoding,
+            metadata={"source-id": self.keys.source_id, "request-id": self.keys.request_id},
+        )
+
+    async def _send_part(self, obj: _Object) -> None:
+        if obj.upload is None:
+            obj.upload = await self.writer.start_multipart(obj.key, self._meta())
+        # The whole buffer is the part: at least part_size, at most one item more.
+        with memoryview(obj.buf) as part:
+            await obj.upload.upload_part(part)
+        obj.stored += len(obj.buf)
+        obj.buf = bytearray()
+
+    async def _complete(self, obj: _Object) -> None:
+        obj.finish()
+        try:
+            if obj.upload is None:
+                await self.writer.put(obj.key, bytes(obj.buf), self._meta())
+            else:
+                if obj.buf:
+                    with memoryview(obj.buf) as part:
+                        await obj.upload.upload_part(part)
+                await obj.upload.complete()
+        except S3WriteError as exc:
+            await self._fail(obj, str(exc))
+            return
+        obj.stored += len(obj.buf)
+        obj.buf = bytearray()
+        self._open = None
+        self.objects_written += 1
+        self._report_written(obj)
+
+    def _report_written(self, obj: _Object) -> None:
+        # Each item's share of the stored bytes, so bytes_written sums to the objects' sizes.
+        left = obj.stored
+        last = len(obj.items) - 1
+        for position, held in enumerate(obj.items):
+            share = obj.stored * held.span.length // max(1, obj.raw)
+            share = left if position == last else share
+            left -= share
+            self.on_result(
+                dataclasses.replace(held.result, key=obj.key, stored_bytes=share, pack=held.span)
+            )
+
+    async def _fail(self, obj: _Object, why: str) -> None:
+        """The object cannot be completed: abort it and fail exactly its items."""
+        if self._open is obj:
+            self._open = None
+        self.objects_failed += 1
+        obj.buf = bytearray()
+        if obj.upload is not None:
+            try:
+                await asyncio.shield(obj.upload.abort())
+            except Exception:
+                log.warning("abort of pack upload failed", extra={"key": obj.key}, exc_info=True)
+        text = f"pack object {obj.key} not completed: {why}"
+        for held in obj.items:
+            self.on_result(
+                dataclasses.replace(
+                    held.result,
+                    key=obj.key,
+                    status=ItemStatus.FAILED,
+                    kind=FailureKind.S3_ERROR,
+                    error=text,
+                )
+            )
+        obj.items = []
+
+    def _drain(self, why: str) -> None:
+        while not self._queue.empty():
+            entry = self._queue.get_nowait()
+            if entry is None:
+                continue
+            staged, result = entry
+            staged.release()
+            self.on_result(
+                dataclasses.replace(
+                    result,
+                    status=ItemStatus.NOT_ATTEMPTED,
+                    kind=FailureKind.DEADLINE,
+                    error=f"fetched but not packed: {why}",
+                )
+            )
+
+
+def first_index(indexes: Any) -> int:
+    """The lowest index of a run's plan (``{first_index}``); 0 for an empty plan."""
+    return min((item.index for item in indexes), default=0)

@@ -1,0 +1,303 @@
+"""Packing (issue 10, DESIGN §13) against a local API and moto, over the network.
+
+Every test checks the account as well as the bytes: each succeeded item's lines are
+exactly where its manifest line says, in an object that exists; a failed item's
+object does not exist; no multipart upload is left open; the counts add up.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import pytest
+
+from handler.app import lambda_handler
+from ingest_core.writers import S3_MAX_ATTEMPTS
+from tests.conftest import RAW_BUCKET
+from tests.support.faults import S3FaultProxy
+from tests.support.lambda_context import LocalContext
+from tests.support.reliability import SOURCE, assert_counts, event_for, served_body
+from tests.support.servers import MotoS3, Response, ScriptedAPI
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("allow_private")]
+
+MiB = 1024 * 1024
+
+
+def run(event: dict[str, Any], timeout_s: float = 60) -> tuple[dict[str, Any], LocalContext]:
+    context = LocalContext(timeout_s=timeout_s)
+    return lambda_handler(event, context), context
+
+
+def manifest(s3: MotoS3, result: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    raw = s3.get_bytes(RAW_BUCKET, result["manifest_key"])
+    return {line["index"]: line for line in map(orjson.loads, raw.splitlines())}
+
+
+def object_lines(s3: MotoS3, key: str) -> list[bytes]:
+    data = s3.get_bytes(RAW_BUCKET, key)
+    if key.endswith(".gz"):
+        data = gzip.decompress(data)
+    return data.splitlines()
+
+
+def lines_of(s3: MotoS3, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The item's lines, by first line and line count, from its object."""
+    lines = object_lines(s3, entry["key"])
+    span = entry["pack"]
+    return [
+        orjson.loads(line)
+        for line in lines[span["first_line"] : span["first_line"] + span["line_count"]]
+    ]
+
+
+def lines_by_range(s3: MotoS3, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The item's lines read the way ``show`` does: from its offset, skip, length."""
+    data = s3.get_bytes(RAW_BUCKET, entry["key"])
+    span = entry["pack"]
+    tail = data[span["offset"] :]
+    if entry["key"].endswith(".gz"):
+        tail = zlib.decompressobj(31 if span["offset"] == 0 else -15).decompress(tail)
+    piece = tail[span["skip"] : span["skip"] + span["length"]]
+    return [orjson.loads(line) for line in piece.splitlines()]
+
+
+def assert_pack_account(s3: MotoS3, result: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """Counts add up, failed items name no existing object, none left open; the manifest."""
+    assert_counts(result)
+    entries = manifest(s3, result)
+    assert len(entries) == result["requested"]
+    keys = set(s3.list_keys(RAW_BUCKET))
+    for index, entry in entries.items():
+        if entry["status"] == "written":
+            assert entry["key"] in keys, entry
+        elif entry["key"] is not None and entry.get("kind") == "s3_error":
+            assert entry["key"] not in keys, f"item {index} failed but its object exists"
+    assert s3.incomplete_uploads(RAW_BUCKET) == []
+    return entries
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_response_unit_packs_every_page_once_with_its_body_unchanged(
+    s3: MotoS3, api_server: Any, compression: str
+) -> None:
+    # GIVEN 40 items of a JSON API and a pack of unit response
+    url = api_server(ScriptedAPI()).url
+    batch = [{"date": f"2025-01-{day:02d}", "n": day} for day in range(40)]
+    event = event_for(
+        f"{url}/v1/data",
+        batch=batch,
+        request_id="pack-resp",
+        options={"pack": {"unit": "response", "compression": compression}},
+    )
+    # WHEN the handler runs it
+    result, _ = run(event)
+    # THEN every item is in one object, its line holds the body as JSON and its provenance
+    assert result["status"] == "SUCCESS", result["failures"]
+    entries = assert_pack_account(s3, result)
+    suffix = ".ndjson.gz" if compression == "gzip" else ".ndjson"
+    packs = [k for k in s3.list_keys(RAW_BUCKET) if "_manifests" not in k]
+    assert packs == [f"{SOURCE}/pack-resp-0-0{suffix}"]
+    assert len(object_lines(s3, packs[0])) == 40
+    for index, params in enumerate(batch):
+        [line] = lines_of(s3, entries[index])
+        assert lines_by_range(s3, entries[index]) == [line]
+        assert line["index"] == index and line["page"] == 0
+        assert line["params"] == params
+        assert line["status"] == 200
+        assert line["content_type"].startswith("application/json")
+        assert line["body"] == orjson.loads(served_body(params))
+        assert line["fetched_at"].endswith("Z")
+        assert entries[index]["records"] == len(line["body"])
+    assert result["records_ingested"] == sum(e["records"] for e in entries.values())
+    assert result["bytes_written"] == s3.head(RAW_BUCKET, packs[0])["ContentLength"]
+
+
+def test_record_unit_writes_one_line_per_record_with_provenance(
+    s3: MotoS3, api_server: Any
+) -> None:
+    # GIVEN bodies {"data": {"items": [...]}} and a pack of unit record at that path
+    def body(n: int) -> bytes:
+        return orjson.dumps({"data": {"items": [{"id": n, "k": i} for i in range(n)]}})
+
+    script = {str(n): Response(body=body(n)) for n in range(6)}
+    url = api_server(ScriptedAPI(script)).url
+    batch = [{"date": str(n)} for n in range(6)]
+    event = event_for(
+        f"{url}/v1/data",
+        batch=batch,
+        request_id="pack-rec",
+        records_path="data.items",
+        options={"pack": {"unit": "record"}},
+    )
+    # WHEN it runs
+    result, _ = run(event)
+    # THEN item n has n lines, each a record plus _fanout, and 0 + 1 + ... + 5 records in all
+    assert result["status"] == "SUCCESS", result["failures"]
+    entries = assert_pack_account(s3, result)
+    assert result["records_ingested"] == 15
+    for n in range(6):
+        lines = lines_of(s3, entries[n])
+        assert entries[n]["pack"]["line_count"] == n
+        assert [{k: v for k, v in line.items() if k != "_fanout"} for line in lines] == [
+            {"id": n, "k": i} for i in range(n)
+        ]
+        assert all(line["_fanout"]["index"] == n for line in lines)
+        assert all(line["_fanout"]["page"] == 0 for line in lines)
+
+
+def test_rotation_at_target_and_multipart_parts_while_filling(s3: MotoS3, api_server: Any) -> None:
+    # GIVEN 24 bodies of ~1 MiB, uncompressed packs, 5 MiB parts and a 6 MiB target
+    big = {str(n): Response(body=orjson.dumps({"n": n, "pad": "x" * MiB})) for n in range(24)}
+    url = api_server(ScriptedAPI(big)).url
+    batch = [{"date": str(n)} for n in range(24)]
+    event = event_for(
+        f"{url}/v1/data",
+        batch=batch,
+        request_id="pack-rot",
+        options={
+            "concurrency": 4,
+            "part_size_mb": 5,
+            "memory_budget_mb": 24,
+            "pack": {"compression": "none", "target_mb": 6},
+        },
+    )
+    # WHEN it runs
+    result, _ = run(event)
+    # THEN objects rotate after about 6 MiB (so 4 objects), each item wholly in one
+    assert result["status"] == "SUCCESS", result["failures"]
+    entries = assert_pack_account(s3, result)
+    packs = sorted({e["key"] for e in entries.values()})
+    assert packs == [f"{SOURCE}/pack-rot-0-{part}.ndjson" for part in range(4)]
+    for n in range(24):
+        [line] = lines_by_range(s3, entries[n])
+        assert line["body"]["n"] == n
+
+
+def test_a_part_that_fails_for_good_fails_exactly_the_items_of_its_object(
+    s3: MotoS3, s3_proxy: S3FaultProxy, api_server: Any
+) -> None:
+    # GIVEN ~1 MiB bodies, 5 MiB parts, 6 MiB objects, and the first UploadPart failing
+    # on every attempt the SDK makes (then S3 recovers)
+    big = {str(n): Response(body=orjson.dumps({"n": n, "pad": "y" * MiB})) for n in range(12)}
+    url = api_server(ScriptedAPI(big)).url
+    s3_proxy.inject("UploadPart", "internal_error", times=S3_MAX_ATTEMPTS)
+    event = event_for(
+        f"{url}/v1/data",
+        batch=[{"date": str(n)} for n in range(12)],
+        request_id="pack-partfail",
+        options={
+            "concurrency": 1,
+            "part_size_mb": 5,
+            "memory_budget_mb": 24,
+            "pack": {"compression": "none", "target_mb": 6},
+        },
+    )
+    # WHEN it runs
+    result, _ = run(event)
+    # THEN the items of that object failed as s3_error, the others landed
+    entries = assert_pack_account(s3, result)
+    failed = {i for i, e in entries.items() if e["status"] == "failed"}
+    assert failed, result
+    assert all(entries[i]["kind"] == "s3_error" for i in failed)
+    failed_keys = {entries[i]["key"] for i in failed}
+    assert len(failed_keys) == 1
+    held = [i for i, e in entries.items() if e["key"] in failed_keys]
+    assert sorted(held) == sorted(failed)
+    assert s3_proxy.pending() == {}
+    for index, entry in entries.items():
+        if entry["status"] == "written":
+            [line] = lines_by_range(s3, entry)
+            assert line["body"]["n"] == index
+
+
+def test_a_complete_answering_200_with_an_error_fails_its_items(
+    s3: MotoS3, s3_proxy: S3FaultProxy, api_server: Any
+) -> None:
+    # GIVEN one multipart object whose CompleteMultipartUpload answers 200 with an error
+    # inside on every attempt
+    big = {str(n): Response(body=orjson.dumps({"n": n, "pad": "z" * MiB})) for n in range(7)}
+    url = api_server(ScriptedAPI(big)).url
+    s3_proxy.inject("CompleteMultipartUpload", "error_in_200", times=10)
+    event = event_for(
+        f"{url}/v1/data",
+        batch=[{"date": str(n)} for n in range(7)],
+        request_id="pack-complete200",
+        options={
+            "concurrency": 2,
+            "part_size_mb": 5,
+            "memory_budget_mb": 24,
+            "pack": {"compression": "none"},
+        },
+    )
+    # WHEN it runs
+    result, _ = run(event)
+    # THEN every item held by the object failed as s3_error and nothing is under its key
+    assert result["status"] == "FAILED", result
+    entries = assert_pack_account(s3, result)
+    assert {e["kind"] for e in entries.values()} == {"s3_error"}
+    assert "CompleteMultipartUpload" in result["failures"][0]["error"]
+    assert [k for k in s3.list_keys(RAW_BUCKET) if "_manifests" not in k] == []
+
+
+def test_the_deadline_mid_object_completes_the_open_object(s3: MotoS3, api_server: Any) -> None:
+    # GIVEN 6 fast ~1 MiB items (one 5 MiB part goes up while the object fills) and
+    # 4 items that stall past the deadline
+    script: dict[str, Any] = {
+        str(n): Response(body=orjson.dumps({"n": n, "pad": "d" * MiB})) for n in range(6)
+    }
+    script.update({str(n): Response(delay_s=60) for n in range(6, 10)})
+    url = api_server(ScriptedAPI(script)).url
+    event = event_for(
+        f"{url}/v1/data",
+        batch=[{"date": str(n)} for n in range(10)],
+        request_id="pack-deadline",
+        options={
+            "concurrency": 10,
+            "part_size_mb": 5,
+            "memory_budget_mb": 24,
+            "deadline_margin_s": 4,
+            "pack": {"compression": "none"},
+        },
+    )
+    # WHEN the Lambda has 10 s
+    result, context = run(event, timeout_s=10)
+    # THEN the fast items are in a completed object, the stalled ones not attempted
+    assert context.get_remaining_time_in_millis() > 0
+    entries = assert_pack_account(s3, result)
+    assert result["succeeded"] == 6 and result["not_attempted"] == 4, result
+    [key] = {entries[n]["key"] for n in range(6)}
+    assert s3.head(RAW_BUCKET, key)["ETag"].strip('"').endswith("-2")  # a multipart object
+    for n in range(6):
+        [line] = lines_by_range(s3, entries[n])
+        assert line["body"]["n"] == n
+    assert all(entries[n]["kind"] == "deadline" for n in range(6, 10))
+
+
+def test_a_retried_map_batch_overwrites_its_own_objects(s3: MotoS3, api_server: Any) -> None:
+    # GIVEN one Distributed Map batch (global indexes 100-109), run twice
+    url = api_server(ScriptedAPI()).url
+    event = {
+        "BatchInput": {
+            "api_config": {
+                "endpoint": f"{url}/v1/data",
+                "raw_bucket": RAW_BUCKET,
+                "source_id": SOURCE,
+            },
+            "options": {"pack": {"unit": "response"}},
+            "request_id": "exec-1",
+        },
+        "Items": [{"index": 100 + n, "params": {"date": str(n)}} for n in range(10)],
+    }
+    # WHEN it runs twice
+    first, _ = run(event)
+    second, _ = run(event)
+    # THEN both runs wrote the same object key: the retry replaced, not added
+    assert first["status"] == second["status"] == "SUCCESS"
+    packs = [k for k in s3.list_keys(RAW_BUCKET) if "_manifests" not in k]
+    assert packs == [f"{SOURCE}/exec-1-100-0.ndjson.gz"]
+    assert len(object_lines(s3, packs[0])) == 10

@@ -1,0 +1,250 @@
+"""Pack units, pack keys, option validation and restart points: pure, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ingest_core import InvalidBody, InvalidEventError, LocalDirWriter, parse_event
+from ingest_core.config import Options, PackOptions
+from ingest_core.keys import PackKeys
+from ingest_core.limits import ByteBudget
+from ingest_core.netguard import NetPolicy
+from ingest_core.packing import FLUSH_EVERY, Packer, Page, RecordUnit, ResponseUnit, make_unit
+from ingest_core.results import ItemResult, ItemStatus
+
+POLICY = NetPolicy(allow_private_networks=True)
+
+
+def page(body: bytes, **kw: Any) -> Page:
+    fields: dict[str, Any] = dict(
+        index=3,
+        page=0,
+        params={"date": "2025-01-01"},
+        body=body,
+        status=200,
+        content_type="application/json",
+        fetched_at="2025-01-01T00:00:00.000Z",
+    )
+    fields.update(kw)
+    return Page(**fields)
+
+
+def event(**options: Any) -> dict[str, Any]:
+    return {
+        "api_config": {
+            "endpoint": "https://api.example.com/v1",
+            "raw_bucket": "raw-bucket",
+            "source_id": "src",
+        },
+        "options": options,
+        "batch": [{"d": 1}, {"d": 2}],
+        "request_id": "r1",
+    }
+
+
+def problems_of(evt: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(InvalidEventError) as info:
+        parse_event(evt, policy=POLICY)
+    return dict(info.value.problems)
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def test_response_unit_keeps_the_body_as_its_json_value() -> None:
+    # GIVEN a pretty-printed JSON body (newlines inside)
+    body = b'{\n  "data": {"items": [1, 2, 3]},\n  "x": "\\u00e9"\n}'
+    # WHEN the response unit makes its line
+    lines = ResponseUnit("data.items", expect_json=True).lines(page(body))
+    # THEN one line, with the body's value and the page's provenance
+    assert lines.count == 1 and lines.data.count(b"\n") == 1
+    line = orjson.loads(lines.data)
+    assert line["body"] == orjson.loads(body)
+    assert (line["index"], line["page"], line["status"]) == (3, 0, 200)
+    assert line["params"] == {"date": "2025-01-01"}
+    assert lines.records == 3
+
+
+def test_response_unit_stores_non_json_as_a_string_only_without_expect_json() -> None:
+    html = b"<html>down</html>"
+    with pytest.raises(InvalidBody):
+        ResponseUnit(None, expect_json=True).lines(page(html))
+    line = orjson.loads(ResponseUnit(None, expect_json=False).lines(page(html)).data)
+    assert line["body"] == "<html>down</html>"
+
+
+def test_record_unit_one_line_per_record_with_fanout() -> None:
+    body = orjson.dumps({"data": {"items": [{"a": 1}, {"a": 2}, 7]}})
+    lines = RecordUnit("data.items").lines(page(body, page=2))
+    rows = [orjson.loads(x) for x in lines.data.splitlines()]
+    prov = {"index": 3, "page": 2, "fetched_at": "2025-01-01T00:00:00.000Z"}
+    assert rows == [
+        {"a": 1, "_fanout": prov},
+        {"a": 2, "_fanout": prov},
+        {"value": 7, "_fanout": prov},
+    ]
+    assert lines.count == lines.records == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "count"),
+    [
+        (b"[1,2]", None, 2),
+        (b'{"a":1}', None, 1),
+        (b'{"a":1}\n{"a":2}\n{"a":3}\n', None, 3),
+        (b'{"data":null}', "data", 0),
+        (b"{}", "data.items", 0),
+    ],
+    ids=["array", "object", "ndjson", "null-at-path", "absent-path"],
+)
+def test_record_unit_counts(body: bytes, path: str | None, count: int) -> None:
+    assert RecordUnit(path).lines(page(body)).count == count
+
+
+def test_record_unit_refuses_a_non_array_at_records_path() -> None:
+    with pytest.raises(InvalidBody, match="not an array"):
+        RecordUnit("data").lines(page(b'{"data": 5}'))
+
+
+def test_make_unit_picks_the_class_from_the_options() -> None:
+    assert isinstance(
+        make_unit(PackOptions(unit="record"), records_path=None, expect_json=True), RecordUnit
+    )
+    assert isinstance(make_unit(PackOptions(), records_path=None, expect_json=True), ResponseUnit)
+
+
+# ----------------------------------------------------------------------------- keys + options
+
+
+def test_pack_keys_are_deterministic_and_validated() -> None:
+    keys = PackKeys("{source_id}/{request_id}-{first_index}-{part}.ndjson.gz", "s", "r", 17)
+    assert keys.key(0) == "s/r-17-0.ndjson.gz"
+    assert keys.key(3) == keys.key(3)
+    with pytest.raises(ValueError):
+        PackKeys("/{part}", "s", "r", 0).key(0)
+
+
+@pytest.mark.parametrize(
+    ("pack", "field", "reason"),
+    [
+        ({"unit": "rows"}, "options.pack.unit", "response"),
+        ({"compression": "zstd"}, "options.pack.compression", "gzip"),
+        ({"target_mb": 0}, "options.pack.target_mb", "greater than or equal to 1"),
+        ({"key_template": "{source_id}/x.ndjson"}, "options.pack.key_template", "{part}"),
+        ({"key_template": "{index}-{part}"}, "options.pack.key_template", "unknown placeholder"),
+        ({"key_template": "/{part}"}, "options.pack.key_template", "'/'"),
+        ({"size": 1}, "options.pack.size", "unknown field"),
+    ],
+)
+def test_bad_pack_options_name_the_field(pack: dict[str, Any], field: str, reason: str) -> None:
+    problems = problems_of(event(pack=pack))
+    assert field in problems, problems
+    assert reason in problems[field]
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"pack": {"unit": "record"}, "expect_json": False}, "options.pack.unit"),
+        ({"pack": {}, "skip_existing": True}, "options.skip_existing"),
+        ({"pack": {}, "compress": True}, "options.compress"),
+        ({"pack": {}, "part_size_mb": 8, "memory_budget_mb": 12}, "options.memory_budget_mb"),
+    ],
+)
+def test_pack_conflicts_name_the_field(options: dict[str, Any], field: str) -> None:
+    assert field in problems_of(event(**options))
+
+
+def test_a_map_batch_needs_first_index_in_the_pack_key() -> None:
+    evt = {
+        "BatchInput": {**event(pack={"key_template": "{source_id}/{request_id}-{part}"})},
+        "Items": [{"index": 5, "params": {"d": 1}}],
+    }
+    del evt["BatchInput"]["batch"]
+    assert "BatchInput.options.pack.key_template" in problems_of(evt)
+
+
+def test_pack_defaults() -> None:
+    pack = PackOptions()
+    assert (pack.unit, pack.compression, pack.target_mb) == ("response", "gzip", 64)
+    assert pack.template.endswith(".ndjson.gz")
+    assert PackOptions(compression="none").template.endswith(".ndjson")
+
+
+# ----------------------------------------------------------------------------- the packer
+
+
+def run_packer(tmp_path: Path, bodies: list[bytes], **pack: Any) -> list[ItemResult]:
+    """Pack ``bodies`` (one item each) into a local folder; return the reported results."""
+    options = Options(part_size_mb=5, memory_budget_mb=16, pack=PackOptions(**pack))
+    results: list[ItemResult] = []
+
+    async def main() -> None:
+        packer = Packer(
+            writer=LocalDirWriter(tmp_path),
+            options=options,
+            keys=PackKeys(options.pack.template, "s", "r", 0),  # type: ignore[union-attr]
+            unit=ResponseUnit(None, expect_json=True),
+            budget=ByteBudget(options.memory_budget),
+            on_result=results.append,
+        )
+        await packer.start()
+        for index, body in enumerate(bodies):
+            staged = packer.new_item()
+
+            async def chunks(data: bytes = body) -> Any:
+                yield data
+
+            await packer.stage(
+                staged,
+                chunks(),
+                index=index,
+                page=0,
+                params={},
+                status=200,
+                content_type="application/json",
+                content_length=len(body),
+            )
+            packer.submit(staged, ItemResult(index, {}, None, ItemStatus.WRITTEN))
+        await packer.close()
+        assert packer.budget.capacity == options.memory_budget
+
+    asyncio.run(main())
+    return sorted(results, key=lambda r: r.index)
+
+
+def test_gzip_restart_points_let_one_item_be_read_from_its_offset(tmp_path: Path) -> None:
+    # GIVEN items adding up to several FLUSH_EVERY blocks, packed with gzip
+    bodies = [orjson.dumps({"i": i, "pad": "abc" * (i * 997 % 30_000)}) for i in range(120)]
+    assert sum(map(len, bodies)) > 3 * FLUSH_EVERY
+    results = run_packer(tmp_path, bodies)
+    # THEN the object is one valid gzip file, and every item can be read from its offset alone
+    [key] = {r.key for r in results}
+    data = (tmp_path / str(key)).read_bytes()
+    assert len(gzip.decompress(data).splitlines()) == 120
+    assert len({r.pack.offset for r in results if r.pack}) > 3  # several restart points
+    for result in results:
+        span = result.pack
+        assert span is not None and result.status is ItemStatus.WRITTEN
+        inflate = zlib.decompressobj(31 if span.offset == 0 else -15)
+        piece = inflate.decompress(data[span.offset :])[span.skip : span.skip + span.length]
+        assert orjson.loads(piece)["body"] == orjson.loads(bodies[result.index])
+    assert sum(r.stored_bytes for r in results) == len(data)
+
+
+def test_uncompressed_offsets_are_exact_byte_ranges(tmp_path: Path) -> None:
+    bodies = [orjson.dumps({"i": i}) for i in range(10)]
+    results = run_packer(tmp_path, bodies, compression="none")
+    data = (tmp_path / str(results[0].key)).read_bytes()
+    for result in results:
+        assert result.pack is not None
+        piece = data[result.pack.offset : result.pack.offset + result.pack.length]
+        assert orjson.loads(piece)["body"] == {"i": result.index}
+        assert result.pack.first_line == result.index  # submitted in order, one line each
