@@ -8,10 +8,12 @@ Four shapes say what to fetch: ``query_params`` (the original single request),
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import count
 from typing import Annotated, Any
 
@@ -29,12 +31,19 @@ from ingest_core.config import Options
 from ingest_core.errors import BlockedError, InvalidEventError
 from ingest_core.keys import DEFAULT_KEY_TEMPLATE, KeyTemplate, PackKeys
 from ingest_core.netguard import NetPolicy, check_bucket, check_url
-from ingest_core.planner import count_date_range, expand_date_range
+from ingest_core.planner import (
+    count_date_range,
+    expand_date_range,
+    parse_value,
+    resolve_relative,
+    value_at,
+)
 
 MAX_DATE_RANGE_ITEMS = 1_000_000
 SOURCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=/-]{0,254}$")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=+@-]{0,127}$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+STATE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SECRET_REF_RE = re.compile(r"^(secretsmanager:[^#\s]+(#[^#\s]+)?|ssm:/[^\s]+)$")
 SOURCES = ("query_params", "batch", "date_range", "Items")
 
@@ -145,16 +154,37 @@ class ApiConfig(BaseModel):
 
 
 class DateRange(BaseModel):
-    """``date_range``: one request per step, inclusive of both ends."""
+    """``date_range``: one request per step, inclusive of both ends.
+
+    ``start`` and ``end`` may be relative (``today``, ``now-6h``, ...): they are
+    resolved here, against the clock reading in the validation context, so the
+    model only ever holds ISO text.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # step before start and end: their validators read it (fields validate in order).
+    step: str = "1d"
     start: str
     end: str
     param: str = "date"
-    step: str = "1d"
     format: str = "%Y-%m-%d"
     extra_params: ParamsModel = Field(default_factory=dict)
+    incremental: bool = False
+    state_key: str | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _resolve_relative(cls, value: str, info: ValidationInfo) -> str:
+        now = (info.context or {}).get("now") or datetime.now(UTC)
+        return resolve_relative(value, step=info.data.get("step", "1d"), now=now)
+
+    @field_validator("state_key")
+    @classmethod
+    def _state_key_safe(cls, value: str | None) -> str | None:
+        if value is not None and not STATE_KEY_RE.match(value):
+            raise ValueError("must be 1-64 letters, digits and ._- starting with a letter or digit")
+        return value
 
     def expand(self) -> Iterator[dict[str, Any]]:
         """The params of every step, lazily."""
@@ -170,6 +200,12 @@ class DateRange(BaseModel):
     def count(self) -> int:
         """How many items the range expands to."""
         return count_date_range(self.start, self.end, step=self.step)
+
+    def skipping(self, k: int) -> DateRange:
+        """The same range without its first ``k`` items (``0 < k < count()``)."""
+        return self.model_copy(
+            update={"start": value_at(self.start, self.end, step=self.step, k=k)}
+        )
 
 
 class MapItem(BaseModel):
@@ -240,6 +276,8 @@ class Job:
     requested: int
     plan: Callable[[], Iterator[PlannedItem]]
     is_map_batch: bool = False
+    date_range: DateRange | None = None  # the event's range, for incremental runs
+    index_offset: int = 0
 
     def items(self) -> Iterator[PlannedItem]:
         """The planned items, lazily and in index order of the event."""
@@ -247,7 +285,11 @@ class Job:
 
 
 def parse_event(
-    event: Any, *, default_request_id: str | None = None, policy: NetPolicy | None = None
+    event: Any,
+    *,
+    default_request_id: str | None = None,
+    policy: NetPolicy | None = None,
+    now: datetime | None = None,
 ) -> Job:
     """Validate an event of any shape and turn it into a ``Job``.
 
@@ -256,6 +298,7 @@ def parse_event(
         default_request_id: used when the event has no ``request_id``
             (the Lambda context's ``aws_request_id``).
         policy: network policy; defaults to the environment's.
+        now: the clock reading relative dates resolve against (default: now, UTC).
 
     Raises:
         InvalidEventError: naming every offending field and why.
@@ -263,7 +306,7 @@ def parse_event(
     if not isinstance(event, dict):
         raise InvalidEventError([("event", f"must be a JSON object, not {type(event).__name__}")])
     flat, prefix = _flatten(event)
-    model = _validate(flat, prefix, policy or NetPolicy.from_env())
+    model = _validate(flat, prefix, policy or NetPolicy.from_env(), now or datetime.now(UTC))
     request_id = model.request_id or default_request_id
     problems = _source_problems(model)
     if request_id is None:
@@ -335,9 +378,9 @@ def _flatten(event: dict[str, Any]) -> tuple[dict[str, Any], str]:
 BATCH_INPUT_FIELDS = frozenset({"api_config", "options", "request_id", "index_offset"})
 
 
-def _validate(flat: dict[str, Any], prefix: str, policy: NetPolicy) -> Event:
+def _validate(flat: dict[str, Any], prefix: str, policy: NetPolicy, now: datetime) -> Event:
     try:
-        return Event.model_validate(flat, context={"policy": policy})
+        return Event.model_validate(flat, context={"policy": policy, "now": now})
     except ValidationError as exc:
         raise InvalidEventError(_problems(exc, prefix)) from None
 
@@ -382,6 +425,19 @@ def _range_problems(model: Event) -> list[tuple[str, str]]:
         return [("date_range", str(exc))]
     if total > MAX_DATE_RANGE_ITEMS:
         return [("date_range", f"expands to {total} items; at most {MAX_DATE_RANGE_ITEMS}")]
+    if model.date_range.incremental:
+        return _incremental_problems(model.date_range)
+    return []
+
+
+def _incremental_problems(date_range: DateRange) -> list[tuple[str, str]]:
+    # A watermark is stored as the range renders it and must be read back.
+    first = next(date_range.expand())[date_range.param]
+    try:
+        parse_value(str(first), date_range.format)
+    except ValueError:
+        reason = f"an incremental range needs a format dates can be read back from, not {first!r}"
+        return [("date_range.format", reason)]
     return []
 
 
@@ -396,7 +452,7 @@ def _build_job(model: Event, request_id: str) -> Job:
         plan, requested = (lambda: _numbered(batch, offset)), len(batch)
     elif model.date_range is not None:
         date_range = model.date_range
-        plan, requested = (lambda: _numbered(date_range.expand(), offset)), date_range.count()
+        return range_job(model.api_config, model.options, request_id, date_range, offset)
     else:
         items = model.Items or []
         plan, requested = (lambda: _map_items(items, offset)), len(items)
@@ -408,6 +464,34 @@ def _build_job(model: Event, request_id: str) -> Job:
         plan=plan,
         is_map_batch=model.Items is not None,
     )
+
+
+def range_job(
+    api: ApiConfig, options: Options, request_id: str, date_range: DateRange, offset: int
+) -> Job:
+    """The job of a ``date_range`` whose first item has index ``offset``."""
+    return Job(
+        api=api,
+        options=options,
+        request_id=request_id,
+        requested=date_range.count(),
+        plan=lambda: _numbered(date_range.expand(), offset),
+        date_range=date_range,
+        index_offset=offset,
+    )
+
+
+def skip_items(job: Job, k: int) -> Job:
+    """``job`` without the first ``k`` items of its date range; indexes are kept.
+
+    Every item keeps the index (and so the key) it has in the whole range.
+    """
+    if job.date_range is None or not 0 < k < job.requested:
+        raise ValueError(f"cannot skip {k} of {job.requested} items of this job")
+    narrowed = range_job(
+        job.api, job.options, job.request_id, job.date_range.skipping(k), job.index_offset + k
+    )
+    return dataclasses.replace(narrowed, is_map_batch=job.is_map_batch)
 
 
 def _numbered(params: Any, offset: int) -> Iterator[PlannedItem]:

@@ -9,6 +9,11 @@ without walking the range.
 Time arithmetic is wall-clock arithmetic on the values given. ISO strings carry
 either no offset or a fixed one (``Z``, ``+05:30``), never a named zone, so there
 is no DST to skip or repeat: ``6h`` is always six hours.
+
+Relative bounds (``today``, ``yesterday``, ``today-Nd``, ``now``, ``now-Nh``) are
+resolved against one UTC clock reading by ``resolve_relative``, before anything
+else sees them: a range means the same dates however long its run takes.
+Incremental runs use ``covered_count`` to find where a watermark leaves off.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import calendar
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal, TypeAlias, cast
 
 ParamScalar: TypeAlias = str | int | float | bool
@@ -35,6 +40,8 @@ _UNIT_US: dict[str, int] = {
 _ONE_US = timedelta(microseconds=1)
 _DATE_HINT = "an ISO date such as 2025-01-31 or an ISO date-time such as 2025-01-31T00:00:00Z"
 _DATETIME_HINT = "an ISO date-time such as 2025-01-31T00:00:00Z or 2025-01-31T06:00+02:00"
+_RELATIVE_RE = re.compile(r"(today|yesterday|now)(?:-(\d{1,6})([dh]))?")
+_RELATIVE_HINT = "an ISO date, today, yesterday, today-Nd or now-Nh (UTC)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,3 +253,101 @@ def _add_months(value: date, months: int) -> date:
     year, month = value.year + total // 12, total % 12 + 1
     day = min(value.day, calendar.monthrange(year, month)[1])
     return value.replace(year=year, month=month, day=day)
+
+
+# ------------------------------------------------------------- relative bounds
+
+
+def resolve_relative(text: str, *, step: str, now: datetime) -> str:
+    """Turn ``today``, ``yesterday``, ``today-Nd``, ``now`` or ``now-Nh`` into ISO text.
+
+    Anything that does not start with a letter (an ISO date, say) comes back
+    unchanged, for ``expand_date_range`` to judge.
+
+    Args:
+        text: the bound as given.
+        step: the range's step: hourly steps get UTC date-times (midnight for
+            the day forms, the start of the hour for ``now``), others get dates.
+        now: the clock reading every bound of one event is resolved against.
+
+    Returns:
+        The ISO date or date-time the bound stands for.
+
+    Raises:
+        ValueError: a word that is not one of the relative forms.
+    """
+    if not isinstance(text, str) or not text[:1].isalpha():
+        return text
+    match = _RELATIVE_RE.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not {_RELATIVE_HINT}")
+    word, amount, unit = match.groups()
+    back = int(amount or 0)
+    allowed = {"now": (None, "h"), "today": (None, "d"), "yesterday": (None,)}[word]
+    if unit not in allowed:
+        raise ValueError(f"{text!r} is not {_RELATIVE_HINT}: days go with today, hours with now")
+    now = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
+    if word == "now":
+        instant = now - timedelta(hours=back)
+    else:
+        days = back + (1 if word == "yesterday" else 0)
+        instant = now.replace(hour=0) - timedelta(days=days)
+    hourly = _is_hourly(step)
+    return instant.isoformat() if hourly else instant.date().isoformat()
+
+
+def _is_hourly(step: str) -> bool:
+    try:
+        return parse_step(step).unit == "h"
+    except ValueError:
+        return False  # the step's own error is reported where it is validated
+
+
+# --------------------------------------------------------------- watermarks
+
+
+def parse_value(text: str, fmt: str) -> datetime:
+    """Read back a value ``expand_date_range`` rendered with ``fmt``.
+
+    Aware values are made naive UTC, so values of one format always compare.
+
+    Raises:
+        ValueError: ``text`` is not a date of that format.
+    """
+    try:
+        value = datetime.strptime(text, fmt)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{text!r} is not a date of the format {fmt!r} ({exc})") from None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def covered_count(start: str, end: str, *, step: str, fmt: str, watermark: str) -> int:
+    """How many leading items of a range are at or before ``watermark``.
+
+    Values are compared as ``fmt`` renders them (a monthly range rendered as
+    ``%Y-%m`` is covered by ``2025-03`` whatever its anchor day), found by
+    bisection: the range is never walked.
+
+    Raises:
+        ValueError: a bad range, or a watermark that is not a date of ``fmt``.
+    """
+    span = _span(start, end, step)
+    mark = parse_value(watermark, fmt)
+    low, high = 0, span.count  # invariant: items [0, low) covered, [high, count) not
+    while low < high:
+        middle = (low + high) // 2
+        if parse_value(_render(span.at(middle), fmt), fmt) <= mark:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def value_at(start: str, end: str, *, step: str, k: int) -> str:
+    """The ISO text of the k-th value of a range (a new ``start`` that skips k items)."""
+    span = _span(start, end, step)
+    if not 0 <= k < span.count:
+        raise ValueError(f"item {k} is outside a range of {span.count}")
+    return span.at(k).isoformat()

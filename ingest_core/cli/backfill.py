@@ -35,8 +35,10 @@ from ingest_core.cli.common import (
     options_from_args,
     print_failures,
     print_summary,
+    resolve_bounds,
     run_async,
     usage_error_from,
+    utc_now,
 )
 from ingest_core.cli.redrive import (
     RedriveContext,
@@ -187,8 +189,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_what(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--endpoint", metavar="URL", help="the API endpoint (https)")
     group.add_argument("--source-id", metavar="ID", help="names the source (first key segment)")
-    group.add_argument("--start", metavar="DATE", help="first date (ISO; inclusive)")
-    group.add_argument("--end", metavar="DATE", help="last date (ISO; inclusive)")
+    group.add_argument(
+        "--start",
+        metavar="DATE",
+        help="first date (inclusive): ISO, today, yesterday, today-Nd or now-Nh (UTC)",
+    )
+    group.add_argument("--end", metavar="DATE", help="last date (inclusive; as --start)")
     group.add_argument(
         "--param",
         metavar="NAME",
@@ -287,11 +293,15 @@ def _from_flags(args: argparse.Namespace) -> tuple[dict[str, Any], Dest]:
     if missing:
         raise UsageError(*[(flag, "required (or --retry-from FILE)") for flag in missing])
     dest = parse_dest(args.dest)
-    date_range = {
-        "start": args.start,
-        "end": args.end,
+    step = _given(args.step, DEFAULT_STEP)
+    # Resolved here, not in parse_event, so the default request id names real dates:
+    # "today" must not give every day's run the same keys.
+    start, end = resolve_bounds(args.start, args.end, step, utc_now())
+    date_range: dict[str, Any] = {
+        "start": start,
+        "end": end,
         "param": _given(args.param, DEFAULT_PARAM),
-        "step": _given(args.step, DEFAULT_STEP),
+        "step": step,
         "format": _given(args.format, DEFAULT_FORMAT),
         "extra_params": dict(args.query or []),
     }

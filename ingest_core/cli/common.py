@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypeVar
@@ -123,6 +124,28 @@ DATE_REASON_FLAGS: tuple[tuple[str, str], ...] = (
     ("format ", "--format"),
     ("param ", "--param"),
 )
+
+
+def utc_now() -> datetime:
+    """The clock relative dates (``--start today-7d``) resolve against; tests replace it."""
+    return datetime.now(UTC)
+
+
+def resolve_bounds(start: str, end: str, step: str, now: datetime) -> tuple[str, str]:
+    """``--start``/``--end`` with relative forms resolved against one clock reading.
+
+    Raises:
+        UsageError: naming the flag of a bad relative form.
+    """
+    from ingest_core.planner import resolve_relative
+
+    resolved = []
+    for flag, text in (("--start", start), ("--end", end)):
+        try:
+            resolved.append(resolve_relative(text, step=step, now=now))
+        except ValueError as exc:
+            raise UsageError((flag, str(exc))) from None
+    return resolved[0], resolved[1]
 
 
 def flag_for_date_problem(reason: str) -> str:

@@ -29,6 +29,8 @@ from ingest_core.cli.common import (
     flag_for_date_problem,
     key_value,
     non_negative_int,
+    resolve_bounds,
+    utc_now,
 )
 from ingest_core.errors import InvalidEventError
 from ingest_core.planner import count_date_range, expand_date_range
@@ -39,6 +41,7 @@ EPILOG = """\
 examples:
   fanout-ingest plan --start 2024-01-01 --end 2024-12-31 > plan.json
   fanout-ingest plan --start 2024-01-31 --end 2024-12-31 --step 1mo --jsonl
+  fanout-ingest plan --start today-7d --end yesterday           # dates in UTC
   fanout-ingest plan --start 2000-01-01 --end 2024-12-31 --jsonl --upload s3://my-plans/daily.jsonl
 """
 
@@ -47,8 +50,15 @@ PlanItems = Callable[[], Iterator[dict[str, Any]]]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the ``plan`` flags."""
-    parser.add_argument("--start", required=True, metavar="DATE", help="first date (ISO)")
-    parser.add_argument("--end", required=True, metavar="DATE", help="last date (ISO; inclusive)")
+    parser.add_argument(
+        "--start",
+        required=True,
+        metavar="DATE",
+        help="first date: ISO, today, yesterday, today-Nd or now-Nh (UTC)",
+    )
+    parser.add_argument(
+        "--end", required=True, metavar="DATE", help="last date (inclusive; as --start)"
+    )
     parser.add_argument(
         "--param",
         default="date",
@@ -98,11 +108,12 @@ def plan_items(args: argparse.Namespace) -> tuple[PlanItems, int]:
         UsageError: bad dates, step or format, or the end before the start.
     """
     extra = dict(args.query or [])
+    start, end = resolve_bounds(args.start, args.end, args.step, utc_now())
     try:
-        count = count_date_range(args.start, args.end, step=args.step)
+        count = count_date_range(start, end, step=args.step)
         expand_date_range(
-            args.start,
-            args.end,
+            start,
+            end,
             param=args.param,
             step=args.step,
             fmt=args.format,
@@ -113,8 +124,8 @@ def plan_items(args: argparse.Namespace) -> tuple[PlanItems, int]:
 
     def items() -> Iterator[dict[str, Any]]:
         params = expand_date_range(
-            args.start,
-            args.end,
+            start,
+            end,
             param=args.param,
             step=args.step,
             fmt=args.format,
