@@ -23,6 +23,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from ingest_core import (
     InvalidEventError,
     PartialFailureError,
+    StateError,
     parse_event,
     resolve_secret_headers,
 )
@@ -59,7 +60,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.append_keys(request_id=job.request_id, source_id=job.api.source_id)
     deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000
     headers = {**job.api.headers, **resolve_secret_headers(job.api.secret_headers)}
-    outcome = _runner.run(execute(job, headers=headers, deadline=deadline, pool=_pool))
+    try:
+        outcome = _runner.run(execute(job, headers=headers, deadline=deadline, pool=_pool))
+    except StateError:  # an incremental run's watermark is unusable: say so, never reset it
+        metrics.add_metric(name="state_errors", unit=MetricUnit.Count, value=1)
+        raise
     publish_metrics(metrics, outcome.result, outcome.latencies_ms)
     logger.info("ingest summary", extra=summary(outcome.result))
     if job.options.fail_on_error and outcome.result["status"] != "SUCCESS":

@@ -17,6 +17,8 @@ from ingest_core.errors import (
     PartialFailureError,
     S3WriteError,
     SecretResolutionError,
+    StateConflict,
+    StateError,
     TruncatedBody,
     WriteError,
 )
@@ -52,6 +54,8 @@ __all__ = [
     "S3Writer",
     "SecretResolutionError",
     "Settings",
+    "StateConflict",
+    "StateError",
     "TruncatedBody",
     "WriteError",
     "parse_event",

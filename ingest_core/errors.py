@@ -16,6 +16,8 @@
      ├── WriteError                          storing a body failed
      │    └── S3WriteError                   an S3 call failed after botocore's retries
      ├── DeadlineExceeded (TimeoutError)     the invocation ran out of time
+     ├── StateError                          an incremental run's state object is unusable
+     │    └── StateConflict                  a conditional state write lost a race
      └── PartialFailureError                 fail_on_error and some item failed
 
 Per-item failures never escape the engine as exceptions: each becomes an
@@ -156,6 +158,14 @@ class DeadlineExceeded(IngestError, TimeoutError):
     """The invocation's deadline arrived before the item could finish."""
 
     kind = FailureKind.DEADLINE
+
+
+class StateError(IngestError):
+    """A watermark state object is unreadable, malformed or could not be written."""
+
+
+class StateConflict(StateError):
+    """A conditional write of the state lost to another writer; read again and retry."""
 
 
 class PartialFailureError(IngestError):

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import count
+from itertools import count, islice
 from typing import Annotated, Any
 
 from pydantic import (
@@ -431,12 +431,17 @@ def _range_problems(model: Event) -> list[tuple[str, str]]:
 
 
 def _incremental_problems(date_range: DateRange) -> list[tuple[str, str]]:
-    # A watermark is stored as the range renders it and must be read back.
-    first = next(date_range.expand())[date_range.param]
+    # A watermark is stored as the range renders it and must be read back, in order.
+    firsts = [str(p[date_range.param]) for p in islice(date_range.expand(), 2)]
     try:
-        parse_value(str(first), date_range.format)
+        values = [parse_value(text, date_range.format) for text in firsts]
     except ValueError:
-        reason = f"an incremental range needs a format dates can be read back from, not {first!r}"
+        values = []
+    if not values or (len(values) == 2 and values[1] <= values[0]):
+        reason = (
+            "an incremental range needs a format its dates can be read back from, in order"
+            f" ({', '.join(map(repr, firsts))} cannot)"
+        )
         return [("date_range.format", reason)]
     return []
 

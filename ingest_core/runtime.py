@@ -19,7 +19,10 @@ import aiohttp
 
 from ingest_core.engine import ItemCallback, RunOutcome, run_job
 from ingest_core.events import Job
+from ingest_core.incremental import is_incremental, run_incremental, store_for
+from ingest_core.results import ItemResult
 from ingest_core.settings import Settings
+from ingest_core.state import StateStore
 from ingest_core.writers import S3_MAX_ATTEMPTS, LocalDirWriter, ObjectWriter, S3Writer
 
 S3_CONNECT_TIMEOUT_S = 10
@@ -143,30 +146,62 @@ async def execute(
     writer: ObjectWriter | None = None,
     manifest_prefix: str = "",
     pool: S3ClientPool | None = None,
+    state_store: StateStore | None = None,
 ) -> RunOutcome:
     """Run ``job`` against S3 (its ``raw_bucket``), a local folder, or a given writer.
 
     With ``pool``, S3 clients outlive the run (the Lambda handler's warm path).
+    An incremental ``date_range`` keeps its watermark beside the objects (or in
+    ``state_store``) and runs only what lies after it.
     """
     settings = settings or Settings.from_env()
     kwargs: dict[str, Any] = dict(
         settings=settings,
         headers=headers,
         deadline=deadline,
-        on_item=on_item,
         stop=stop,
         manifest_prefix=manifest_prefix,
     )
+    async with _target(job, settings, writer, local_dir, pool) as target:
+
+        async def run(todo: Job, track: ItemCallback | None = None) -> RunOutcome:
+            return await run_job(todo, writer=target, on_item=_both(on_item, track), **kwargs)
+
+        if not is_incremental(job):
+            return await run(job)
+        store = state_store or store_for(target, job, manifest_prefix)
+        return await run_incremental(job, store, run)
+
+
+@asynccontextmanager
+async def _target(
+    job: Job,
+    settings: Settings,
+    writer: ObjectWriter | None,
+    local_dir: Path | None,
+    pool: S3ClientPool | None,
+) -> AsyncIterator[ObjectWriter]:
     if writer is not None:
-        return await run_job(job, writer=writer, **kwargs)
-    if local_dir is not None:
-        return await run_job(job, writer=LocalDirWriter(local_dir), **kwargs)
-    if pool is not None:
-        s3 = await pool.writer(
+        yield writer
+    elif local_dir is not None:
+        yield LocalDirWriter(local_dir)
+    elif pool is not None:
+        yield await pool.writer(
             job.api.raw_bucket, concurrency=job.options.concurrency, settings=settings
         )
-        return await run_job(job, writer=s3, **kwargs)
-    async with s3_writer(
-        job.api.raw_bucket, concurrency=job.options.concurrency, settings=settings
-    ) as s3:
-        return await run_job(job, writer=s3, **kwargs)
+    else:
+        async with s3_writer(
+            job.api.raw_bucket, concurrency=job.options.concurrency, settings=settings
+        ) as s3:
+            yield s3
+
+
+def _both(first: ItemCallback | None, second: ItemCallback | None) -> ItemCallback | None:
+    if first is None or second is None:
+        return first or second
+
+    def both(result: ItemResult) -> None:
+        first(result)
+        second(result)
+
+    return both

@@ -15,7 +15,7 @@ import textwrap
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from ingest_core.cli import backfill, bench, demo, launch, plan, run
+from ingest_core.cli import backfill, bench, demo, launch, plan, run, state
 from ingest_core.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -25,6 +25,7 @@ from ingest_core.cli.common import (
     UsageError,
     report_usage_error,
 )
+from ingest_core.errors import StateError
 
 COMMANDS: dict[str, Command] = {
     command.name: command
@@ -35,6 +36,7 @@ COMMANDS: dict[str, Command] = {
         plan.COMMAND,
         launch.COMMAND,
         bench.COMMAND,
+        state.COMMAND,
     )
 }
 
@@ -86,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command.run(args)
     except UsageError as exc:
         return report_usage_error(command.name, exc)
-    except CommandError as exc:
+    except (CommandError, StateError) as exc:
         print(f"{PROG} {command.name}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

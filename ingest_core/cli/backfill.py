@@ -79,6 +79,7 @@ _EVENT_FLAGS = (
     "records_path",
     "request_id",
     "dest",
+    "state_key",
 )
 
 EPILOG = """\
@@ -87,6 +88,8 @@ examples:
       --start 2025-01-01 --end 2025-03-31 --dest s3://my-raw-bucket/landing
   fanout-ingest backfill ... --dest ./data --skip-existing      # resume onto the same keys
   fanout-ingest backfill --retry-from fanout-redrive-backfill-20250101-20250331-1d.jsonl
+  fanout-ingest backfill ... --start 2025-01-01 --end yesterday --incremental
+      # only the dates after the watermark; it then advances over those that landed
 
 exit status: 0 every item succeeded; 1 some failed or were not attempted (a re-drive
 file lists exactly those); 2 bad usage; 130 stopped by Ctrl-C (re-drive file written).
@@ -180,6 +183,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the {request_id} in keys; default: derived from the range and step"
         " (backfill-20250101-20250331-1d), so a re-run with --skip-existing resumes"
         " onto the same keys",
+    )
+    incremental = parser.add_argument_group("incremental runs")
+    incremental.add_argument(
+        "--incremental",
+        action="store_true",
+        help="start after the watermark kept beside the objects ({source_id}/_state/),"
+        " and advance it to the last date up to which every item succeeded",
+    )
+    incremental.add_argument(
+        "--state-key",
+        metavar="KEY",
+        help="name of the watermark (default: a hash of endpoint, param, step and --query)",
     )
     _add_runs(parser.add_argument_group("re-drive and output"))
     add_progress_flag(parser)
@@ -305,6 +320,12 @@ def _from_flags(args: argparse.Namespace) -> tuple[dict[str, Any], Dest]:
         "format": _given(args.format, DEFAULT_FORMAT),
         "extra_params": dict(args.query or []),
     }
+    if args.incremental:
+        date_range["incremental"] = True
+    if args.state_key is not None:
+        if not args.incremental:
+            raise UsageError(("--state-key", "only means something with --incremental"))
+        date_range["state_key"] = args.state_key
     request_id = args.request_id or default_request_id(
         date_range["start"],
         date_range["end"],
@@ -358,6 +379,7 @@ def _options(args: argparse.Namespace, base: dict[str, Any] | None = None) -> di
 
 def _from_retry_file(args: argparse.Namespace) -> tuple[dict[str, Any], Dest, RedriveContext]:
     given = [name for name in _EVENT_FLAGS if getattr(args, name) is not None]
+    given += ["incremental"] if args.incremental else []
     if given:
         reason = "cannot be combined with --retry-from (the file carries it)"
         raise UsageError(*[("--" + name.replace("_", "-"), reason) for name in given])
@@ -499,6 +521,8 @@ def _report(
         return
     title = f"backfill {prepared.job.request_id} -> {prepared.dest.text}"
     print_summary(result, title=title)
+    if "incremental" in result:
+        _report_incremental(result["incremental"], prepared.job)
     if result["failed"] or result["not_attempted"]:
         print("did not succeed:")
         print_failures(result)
@@ -512,6 +536,18 @@ def _report(
         print(f"every item is in: removed the re-drive file {redrive.path}")
     if interrupted:
         print("interrupted: items not started are listed as not attempted", file=sys.stderr)
+
+
+def _report_incremental(info: dict[str, Any], job: Job) -> None:
+    before, after = info["watermark_before"], info["watermark_after"]
+    if info["nothing_new"]:
+        end = job.date_range.end if job.date_range else "?"
+        print(f"nothing new: the watermark {before} already covers the range (to {end})")
+    elif after == before:
+        print(f"watermark: stays at {before or '(none)'} (the first date fetched did not land)")
+    else:
+        print(f"watermark: {before or '(none)'} -> {after}")
+    print(f"state: {info['state']}")
 
 
 COMMAND = Command(

@@ -113,6 +113,8 @@ EVENT_FIELD_FLAGS: tuple[tuple[str, str], ...] = (
     ("date_range.format", "--format"),
     ("date_range.param", "--param"),
     ("date_range.extra_params", "--query"),
+    ("date_range.state_key", "--state-key"),
+    ("date_range.incremental", "--incremental"),
     ("request_id", "--request-id"),
     ("index_offset", "--index-offset"),
 )

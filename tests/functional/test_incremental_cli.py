@@ -1,0 +1,155 @@
+"""``backfill --incremental``, ``state show|set|clear`` and relative dates on the command line.
+
+The command runs in-process (``main``) so its clock can be set; the API and S3
+are real local servers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest_core.cli import backfill, main, plan
+from ingest_core.state import default_state_key
+from tests.conftest import RAW_BUCKET
+from tests.support.servers import MotoS3, Response, ScriptedAPI
+
+pytestmark = [pytest.mark.timeout(90)]
+
+MARCH_FIRST = datetime(2025, 3, 1, 0, 10, tzinfo=UTC)
+NEW_YEAR = datetime(2026, 1, 1, 0, 30, tzinfo=UTC)
+
+
+def feb(day: int) -> str:
+    return f"2025-02-{day:02d}"
+
+
+def incremental_backfill(url: str, dest: str | Path, *extra: str) -> list[str]:
+    return [
+        "backfill",
+        "--endpoint",
+        f"{url}/v1/data",
+        "--allow-private-networks",
+        "--source-id",
+        "weather",
+        "--start",
+        "today-5d",
+        "--end",
+        "yesterday",
+        "--dest",
+        str(dest),
+        "--incremental",
+        "--max-attempts",
+        "1",
+        "--progress",
+        "off",
+        *extra,
+    ]
+
+
+def test_daily_incremental_backfill_over_a_month_end(
+    tmp_path: Path,
+    api_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # GIVEN the clock just past midnight on 1 March, and the 26th failing once
+    monkeypatch.setattr(backfill, "utc_now", lambda: MARCH_FIRST)
+    monkeypatch.chdir(tmp_path)
+    api = ScriptedAPI({feb(26): [Response(status=500), Response()]})
+    server = api_server(api)
+    args = incremental_backfill(server.url, tmp_path / "lake")
+    # WHEN "today-5d .. yesterday" runs THEN it covers 24-28 February and stops before the 26th
+    assert main(args) == 1
+    assert api.hits == Counter({feb(d): 1 for d in range(24, 29)})
+    assert "watermark: (none) -> 2025-02-25" in capsys.readouterr().out
+    # WHEN it runs again THEN it starts at the 26th: nothing before it is fetched again
+    assert main(args) == 0
+    assert api.hits == Counter({feb(24): 1, feb(25): 1, feb(26): 2, feb(27): 2, feb(28): 2})
+    assert "watermark: 2025-02-25 -> 2025-02-28" in capsys.readouterr().out
+    # WHEN it runs a third time the same day THEN nothing new, and no request
+    assert main(args) == 0
+    assert sum(api.hits.values()) == 8
+    assert "nothing new: the watermark 2025-02-28" in capsys.readouterr().out
+    # AND the keys name the resolved dates, not the words
+    keys = {p.name for p in (tmp_path / "lake" / "weather").glob("*.json")}
+    assert "backfill-20250224-20250228-1d-4.json" in keys
+
+
+def test_plan_resolves_relative_dates_across_a_year_end(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(plan, "utc_now", lambda: NEW_YEAR)
+    assert main(["plan", "--start", "today-2d", "--end", "today", "--jsonl"]) == 0
+    dates = [json.loads(line)["params"]["date"] for line in capsys.readouterr().out.splitlines()]
+    assert dates == ["2025-12-30", "2025-12-31", "2026-01-01"]
+
+
+def test_bad_relative_dates_are_bad_usage_naming_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["plan", "--start", "today", "--end", "tomorrow"]) == 2
+    assert "error: --end: 'tomorrow' is not" in capsys.readouterr().err
+
+
+def _state(*args: str) -> list[str]:
+    return ["state", *args]
+
+
+def test_state_show_set_clear_in_s3(s3: MotoS3, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN the location a run with these flags uses, under an S3 prefix
+    where = [
+        "--dest",
+        f"s3://{RAW_BUCKET}/landing",
+        "--source-id",
+        "weather",
+        "--endpoint",
+        "https://api.example.com/v1/data",
+    ]
+    state_key = default_state_key("https://api.example.com/v1/data", "date", "1d", {})
+    key = f"landing/weather/_state/{state_key}.json"
+
+    def shown() -> dict[str, Any]:
+        assert main(_state("show", *where)) == 0
+        return dict(json.loads(capsys.readouterr().out))
+
+    # WHEN nothing was run THEN show says there is no watermark
+    assert shown() == {"state": f"s3://{RAW_BUCKET}/{key}", "watermark": None}
+    # WHEN set THEN the object holds it, and show prints it
+    assert main(_state("set", "2025-02-28", *where)) == 0
+    capsys.readouterr()
+    assert json.loads(s3.get_bytes(RAW_BUCKET, key))["watermark"] == "2025-02-28"
+    assert shown()["watermark"] == "2025-02-28"
+    # WHEN set back THEN it moves back (an operator may do that on purpose)
+    assert main(_state("set", "2025-02-01", *where)) == 0
+    capsys.readouterr()
+    assert shown()["watermark"] == "2025-02-01"
+    # WHEN cleared THEN the object is gone
+    assert main(_state("clear", *where)) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] is True
+    assert key not in s3.list_keys(RAW_BUCKET)
+
+
+def test_state_refuses_bad_dates_and_names_a_malformed_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--dest", str(tmp_path), "--source-id", "weather", "--state-key", "daily"]
+    # WHEN a watermark is not a date of the format THEN bad usage, nothing written
+    assert main(_state("set", "28/02/2025", *where)) == 2
+    assert "DATE: '28/02/2025' is not a date of the format" in capsys.readouterr().err
+    state_file = tmp_path / "weather" / "_state" / "daily.json"
+    assert not state_file.exists()
+    # GIVEN a malformed state file WHEN shown THEN exit 1 naming it, and it is left alone
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text("[]")
+    assert main(_state("show", *where)) == 1
+    assert str(state_file) in capsys.readouterr().err
+    assert state_file.read_text() == "[]"
+    # WHEN set over it THEN it is replaced with a good one
+    assert main(_state("set", "2025-02-28", *where)) == 0
+    assert json.loads(state_file.read_text())["watermark"] == "2025-02-28"
