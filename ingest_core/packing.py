@@ -34,7 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -288,6 +288,7 @@ class _Object:
             offset=offset,
             skip=skip,
             length=len(staged.data),
+            gzip=self.gzip is not None,
         )
         self.buf += self.gzip.compress(staged.data) if self.gzip is not None else staged.data
         self.lines += staged.lines
@@ -523,6 +524,31 @@ class Packer:
                     error=f"fetched but not packed: {why}",
                 )
             )
+
+
+def read_item(chunks: Iterable[bytes], span: PackSpan) -> tuple[bytes, int]:
+    """An item's lines from its object's bytes starting at ``span.offset``.
+
+    Args:
+        chunks: the object's bytes from ``span.offset`` on (a ranged read), in pieces;
+            iteration stops as soon as the item is complete.
+        span: the item's manifest ``pack`` entry.
+
+    Returns:
+        The item's NDJSON lines and how many stored bytes were consumed.
+    """
+    need = span.skip + span.length
+    out = bytearray()
+    consumed = 0
+    inflate = zlib.decompressobj(31 if span.offset == 0 else -15) if span.gzip else None
+    for chunk in chunks:
+        consumed += len(chunk)
+        out += inflate.decompress(chunk) if inflate is not None else chunk
+        if len(out) >= need:
+            break
+    if len(out) < need:
+        raise ValueError(f"the object ended {need - len(out)} bytes before the item did")
+    return bytes(out[span.skip : need]), consumed
 
 
 def first_index(indexes: Any) -> int:

@@ -37,8 +37,9 @@ class PackSpan:
 
     ``first_line`` and ``line_count`` count NDJSON lines from 0. ``offset`` is the
     byte offset in the stored object to start reading at: the item's first byte
-    when uncompressed; in a gzip object, the restart point of its block, where
-    ``skip`` uncompressed bytes come before the item's ``length`` bytes.
+    when uncompressed; in a gzip object, the restart point of its block (the
+    gzip header at 0, raw deflate after it), where ``skip`` uncompressed bytes
+    come before the item's ``length`` bytes.
     """
 
     first_line: int
@@ -46,8 +47,9 @@ class PackSpan:
     offset: int
     skip: int
     length: int
+    gzip: bool = False
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         """The manifest's ``pack`` entry."""
         return {
             "first_line": self.first_line,
@@ -55,7 +57,20 @@ class PackSpan:
             "offset": self.offset,
             "skip": self.skip,
             "length": self.length,
+            "gzip": self.gzip,
         }
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> PackSpan:
+        """The inverse of ``to_dict`` (a manifest's ``pack`` entry)."""
+        return cls(
+            first_line=int(entry["first_line"]),
+            line_count=int(entry["line_count"]),
+            offset=int(entry["offset"]),
+            skip=int(entry["skip"]),
+            length=int(entry["length"]),
+            gzip=bool(entry.get("gzip", False)),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import textwrap
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from ingest_core.cli import backfill, bench, demo, launch, plan, run, state
+from ingest_core.cli import backfill, bench, demo, launch, plan, run, show, state
 from ingest_core.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -37,6 +37,7 @@ COMMANDS: dict[str, Command] = {
         launch.COMMAND,
         bench.COMMAND,
         state.COMMAND,
+        show.COMMAND,
     )
 }
 

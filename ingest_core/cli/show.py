@@ -1,0 +1,190 @@
+"""``fanout-ingest show MANIFEST --index N``: one item back out of the lake.
+
+The manifest line of item N names its object and, for a packed item, where its
+lines are (DESIGN §13). Only those bytes are read: a ranged GET of exactly the
+item's bytes in an uncompressed pack, or from the restart point of its block in
+a gzip pack (at most about ``packing.FLUSH_EVERY`` uncompressed bytes before
+it). An unpacked item's object is read whole: it is the item.
+
+MANIFEST is ``s3://bucket/key`` (``AWS_ENDPOINT_URL_S3`` is honoured) or a local
+manifest file, whose objects are found in the folder the run wrote to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, closing
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from ingest_core.cli.common import Command, CommandError, UsageError, non_negative_int
+from ingest_core.packing import read_item
+from ingest_core.results import PackSpan
+from ingest_core.settings import Settings
+
+READ_CHUNK = 64 * 1024
+MANIFEST_FLAG = "MANIFEST"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", metavar=MANIFEST_FLAG, help="s3://bucket/key or a local file")
+    parser.add_argument("--index", type=non_negative_int, required=True, help="the item's index")
+    parser.add_argument(
+        "--lines",
+        action="store_true",
+        help="print the stored NDJSON lines as they are (provenance included)",
+    )
+
+
+def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    out = out or sys.stdout
+    store = _store_for(args.manifest)
+    entry = _manifest_entry(store.manifest_lines(), args.index, args.manifest)
+    key = entry.get("key")
+    if entry.get("status") not in ("written", "skipped") or not key:
+        why = entry.get("error") or entry.get("status")
+        raise CommandError(f"item {args.index} was not written ({why})")
+    if entry.get("pack"):
+        span = PackSpan.from_dict(entry["pack"])
+        with store.read_from(key, span.offset, None if span.gzip else span.length) as chunks:
+            data, consumed = read_item(chunks, span)
+        print(f"{store.describe(key)}: read {consumed} bytes at {span.offset}", file=sys.stderr)
+        _print_lines(data, raw=args.lines, out=out)
+    else:
+        with store.read_from(key, 0, None) as chunks:
+            data = b"".join(chunks)
+        if key.endswith(".gz"):
+            data = gzip.decompress(data)
+        out.write(data.decode("utf-8", errors="replace").rstrip("\n") + "\n")
+    return 0
+
+
+def _print_lines(data: bytes, *, raw: bool, out: IO[str]) -> None:
+    """The item's bodies (one per page) or records; with ``raw``, its lines as stored."""
+    for line in data.splitlines():
+        if raw:
+            out.write(line.decode() + "\n")
+            continue
+        value = orjson.loads(line)
+        if "_fanout" in value:  # unit record: the record as it came
+            value.pop("_fanout")
+            value = value.get("value", value) if set(value) == {"value"} else value
+        else:  # unit response: the body
+            value = value.get("body")
+        out.write(orjson.dumps(value).decode() + "\n")
+
+
+def _manifest_entry(lines: Iterable[bytes], index: int, where: str) -> dict[str, Any]:
+    for line in lines:
+        if not line.strip():
+            continue
+        entry = orjson.loads(line)
+        if entry.get("index") == index:
+            result: dict[str, Any] = entry
+            return result
+    raise UsageError(("--index", f"no item {index} in {where}"))
+
+
+# ---------------------------------------------------------------------------- stores
+
+
+class _S3Store:
+    def __init__(self, bucket: str, manifest_key: str) -> None:
+        import boto3  # only when reading S3
+
+        self.bucket, self.manifest_key = bucket, manifest_key
+        self.client = boto3.client("s3", endpoint_url=Settings.from_env().s3_endpoint_url)
+
+    def describe(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def manifest_lines(self) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.manifest_key)["Body"]
+        except Exception as exc:
+            raise CommandError(f"cannot read {self.describe(self.manifest_key)}: {exc}") from exc
+        with closing(body):
+            yield from body.iter_lines()
+
+    def read_from(
+        self, key: str, offset: int, length: int | None
+    ) -> AbstractContextManager[Iterator[bytes]]:
+        end = "" if length is None else str(offset + length - 1)
+        answer = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{end}")
+        body = answer["Body"]
+        return _closing_iter(body.iter_chunks(READ_CHUNK), body)
+
+
+class _LocalStore:
+    def __init__(self, manifest: Path) -> None:
+        self.manifest = manifest
+
+    def describe(self, key: str) -> str:
+        return str(self._path(key))
+
+    def manifest_lines(self) -> Iterator[bytes]:
+        with self.manifest.open("rb") as source:
+            yield from source
+
+    def _path(self, key: str) -> Path:
+        # The run's folder is an ancestor of the manifest: the one that holds the key.
+        for folder in self.manifest.resolve().parents:
+            if (folder / key).is_file():
+                return folder / key
+        raise CommandError(f"object {key!r} not found above {self.manifest}")
+
+    def read_from(
+        self, key: str, offset: int, length: int | None
+    ) -> AbstractContextManager[Iterator[bytes]]:
+        source = self._path(key).open("rb")
+        source.seek(offset)
+        return _closing_iter(_file_chunks(source, length), source)
+
+
+def _file_chunks(source: IO[bytes], length: int | None) -> Iterator[bytes]:
+    left = length
+    while left is None or left > 0:
+        chunk = source.read(READ_CHUNK if left is None else min(READ_CHUNK, left))
+        if not chunk:
+            return
+        if left is not None:
+            left -= len(chunk)
+        yield chunk
+
+
+class _closing_iter(AbstractContextManager[Iterator[bytes]]):
+    """Yields ``chunks`` and closes ``resource`` on exit (a stream read only in part)."""
+
+    def __init__(self, chunks: Iterator[bytes], resource: Any) -> None:
+        self._chunks, self._resource = chunks, resource
+
+    def __enter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def __exit__(self, *exc: object) -> None:
+        self._resource.close()
+
+
+def _store_for(manifest: str) -> _S3Store | _LocalStore:
+    if manifest.startswith("s3://"):
+        bucket, _, key = manifest.removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise UsageError((MANIFEST_FLAG, f"{manifest!r}: use s3://bucket/key"))
+        return _S3Store(bucket, key)
+    path = Path(manifest)
+    if not path.is_file():
+        raise UsageError((MANIFEST_FLAG, f"{manifest} is not a file"))
+    return _LocalStore(path)
+
+
+COMMAND = Command(
+    name="show",
+    help="print one item's body (or records) from a run's manifest, reading only its bytes",
+    add_arguments=add_arguments,
+    run=run,
+)
