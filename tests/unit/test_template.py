@@ -524,3 +524,67 @@ def test_every_batch_runs_with_fail_on_error_forced_on() -> None:
     merged = states["BuildMapInput"]["Parameters"]["options.$"]
     assert merged == "States.JsonMerge($.options, $.forced_options, false)"
     assert states["ForceFailOnError"]["ResultPath"] == "$.forced_options"
+
+
+# ------------------------------------------------------------------- incremental schedule
+
+
+def test_the_schedule_is_off_unless_its_expression_is_set() -> None:
+    template = load_template()
+    parameters, conditions = template["Parameters"], template["Conditions"]
+    # THEN no expression by default, and everything scheduling depends on that condition
+    assert parameters["ScheduleExpression"]["Default"] == ""
+    assert conditions["HasSchedule"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ScheduleExpression"}, ""]}]
+    }
+    scheduling = {
+        name
+        for name, resource in template["Resources"].items()
+        if "Schedule" in resource["Type"] or name.startswith("IngestSchedule")
+    }
+    assert scheduling == {"IngestSchedule", "IngestScheduleRole"}
+    for name in scheduling:
+        assert template["Resources"][name]["Condition"] == "HasSchedule"
+    assert template["Outputs"]["IngestScheduleName"]["Condition"] == "HasSchedule"
+    # AND a schedule without an event is refused before anything is created
+    rule = template["Rules"]["ScheduleNeedsAnEvent"]
+    assert rule["RuleCondition"] == conditions["HasSchedule"]
+
+
+def test_the_schedule_invokes_the_function_with_the_event_in_utc(
+    transformed: dict[str, Any],
+) -> None:
+    schedule = transformed["Resources"]["IngestSchedule"]["Properties"]
+    assert schedule["Target"]["Arn"] == {"Fn::GetAtt": ["IngestFunction", "Arn"]}
+    assert schedule["Target"]["Input"] == {"Ref": "ScheduleEvent"}
+    assert schedule["ScheduleExpression"] == {"Ref": "ScheduleExpression"}
+    assert schedule["ScheduleExpressionTimezone"] == "UTC"  # as relative dates are
+    assert schedule["Target"]["RoleArn"] == {"Fn::GetAtt": ["IngestScheduleRole", "Arn"]}
+
+
+def test_the_schedule_role_may_only_invoke_the_ingest_function(
+    transformed: dict[str, Any],
+) -> None:
+    role = transformed["Resources"]["IngestScheduleRole"]["Properties"]
+    # THEN only EventBridge Scheduler of this account assumes it
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    # AND its one permission is lambda:InvokeFunction on exactly that function
+    statements = _role_statements(transformed, "IngestScheduleRole")
+    assert [(_actions(s), s["Resource"]) for s in statements] == [
+        ({"lambda:InvokeFunction"}, {"Fn::GetAtt": ["IngestFunction", "Arn"]})
+    ]
+
+
+def test_an_incremental_event_for_the_schedule_parses() -> None:
+    # GIVEN the kind of event docs/SCALE_OUT.md shows for ScheduleEvent
+    from ingest_core import parse_event
+    from ingest_core.netguard import NetPolicy
+
+    event = json.loads((ROOT / "docs" / "examples" / "incremental-event.json").read_text())
+    job = parse_event(event, default_request_id="scheduled-1", policy=NetPolicy())
+    # THEN it is an incremental range with relative bounds, resolved, and no fixed request id
+    assert "request_id" not in event
+    assert job.date_range is not None and job.date_range.incremental
+    assert job.request_id == "scheduled-1"
