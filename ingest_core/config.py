@@ -27,6 +27,8 @@ MAX_PART_SIZE_MB = 5 * 1024
 DEFAULT_MEMORY_BUDGET_MB = 256
 DEFAULT_DEADLINE_MARGIN_S = 5.0
 MAX_FAILURES_IN_RESULT = 1000
+DEFAULT_S3_MAX_ATTEMPTS = 10  # botocore's standard mode gives up after 3 (DESIGN §14)
+MAX_S3_MAX_ATTEMPTS = 50
 
 DEFAULT_PACK_TARGET_MB = 64
 MAX_PACK_TARGET_MB = 5 * 1024
@@ -99,6 +101,11 @@ class Options(BaseModel):
     expect_json: bool = True
     fail_on_error: bool = False
     pack: PackOptions | None = None
+    # DESIGN §14: S3 writes retry SlowDown, 5xx and dropped connections this many
+    # times (within the deadline); the API's allowed concurrency adapts (AIMD, a
+    # shared Retry-After pause) when ``adaptive`` is on.
+    s3_max_attempts: int = Field(DEFAULT_S3_MAX_ATTEMPTS, ge=1, le=MAX_S3_MAX_ATTEMPTS)
+    adaptive: bool = True
 
     @model_validator(mode="after")
     def _budget_holds_a_part(self) -> Options:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from ingest_core.errors import (
     FailureKind,
@@ -39,11 +40,19 @@ from ingest_core.fetcher import (
     open_response,
 )
 from ingest_core.keys import KeyTemplate, PackKeys, params_hash
-from ingest_core.limits import ByteBudget, TokenBucket
+from ingest_core.limits import (
+    AdaptiveLimit,
+    ByteBudget,
+    OriginLimits,
+    Outcome,
+    Slot,
+    TokenBucket,
+)
 from ingest_core.packing import Packer, Staged, first_index, make_unit
 from ingest_core.redact import register_secret
 from ingest_core.results import ItemResult, ItemStatus, Tally
 from ingest_core.retry import backoff_s
+from ingest_core.s3retry import S3Retry, WriteStats, write_scope
 from ingest_core.settings import Settings
 from ingest_core.transfer import BodyInfo, Stored, transfer
 from ingest_core.writers import ObjectMeta, ObjectWriter
@@ -52,6 +61,7 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
 MANIFEST_CONTENT_TYPE = "application/x-ndjson"
+THROTTLE_STATUSES = frozenset({429, 503})  # the API asking us to slow down (DESIGN §14)
 ItemCallback = Callable[[ItemResult], None]
 
 
@@ -86,19 +96,34 @@ class _Run:
     clock: _Clock
     tally: Tally
     on_item: ItemCallback | None
+    limits: OriginLimits
     packer: Packer | None = None
+    deadline: float | None = None
     budget: ByteBudget = field(init=False)
     bucket: TokenBucket = field(init=False)
     template: KeyTemplate = field(init=False)
     secret_header_names: frozenset[str] = field(init=False)
+    api_limit: AdaptiveLimit = field(init=False)
+    s3_limit: AdaptiveLimit = field(init=False)
 
     def __post_init__(self) -> None:
         self.budget = ByteBudget(self.job.options.memory_budget)
         self.bucket = TokenBucket(self.job.options.rate_limit_per_s)
+        # Every page of the endpoint shares one limit: redirects stay inside the attempt.
+        self.api_limit = self.limits.for_origin(str(URL(self.job.api.endpoint).origin()))
+        self.s3_limit = self.limits.for_origin("s3")
         # Derived once per run, not per item or attempt.
         self.template = self.job.api.template
         self.secret_header_names = frozenset(self.job.api.secret_headers)
         _register_header_secrets(self.headers, self.secret_header_names)
+
+    def s3_retry(self, deadline: float | None = None) -> S3Retry:
+        """An item's S3 retries: the run's attempts, clock and adaptive S3 limit."""
+        return S3Retry(
+            max_attempts=self.job.options.s3_max_attempts,
+            deadline=self.clock.hard_stop if deadline is None else deadline,
+            limit=self.s3_limit,
+        )
 
     def record(self, result: ItemResult) -> None:
         self.tally.add(result)
@@ -121,6 +146,11 @@ class RunOutcome:
     result: dict[str, Any]
     manifest_uri: str | None
     latencies_ms: list[int]
+
+
+def limits_for(job: Job) -> OriginLimits:
+    """The adaptive limits a run of ``job`` uses: one per origin, the API's and S3's."""
+    return OriginLimits(job.options.concurrency, enabled=job.options.adaptive)
 
 
 def manifest_key_for(
@@ -149,6 +179,7 @@ async def run_job(
     write_manifest: bool = True,
     stop: asyncio.Event | None = None,
     manifest_prefix: str = "",
+    limits: OriginLimits | None = None,
 ) -> RunOutcome:
     """Fetch and store every item of ``job``.
 
@@ -164,6 +195,8 @@ async def run_job(
         stop: set it to stop early (Ctrl-C): nothing new starts, uploads in
             flight are aborted, and those items are reported as not attempted.
         manifest_prefix: put before the manifest key (the CLI's ``--dest`` prefix).
+        limits: the adaptive per-origin limits (DESIGN §14); pass one to watch
+            them (the CLI's progress line); by default one made from the options.
     """
     settings = settings or Settings.from_env()
     started = time.monotonic()
@@ -184,6 +217,8 @@ async def run_job(
         clock=_Clock.for_deadline(deadline, job.options.deadline_margin_s),
         tally=Tally(requested=job.requested),
         on_item=on_item,
+        limits=limits or limits_for(job),
+        deadline=deadline,
     )
     try:
         run.packer = await _start_packer(run)
@@ -339,42 +374,70 @@ def _key(run: _Run, item: PlannedItem) -> str:
 async def _process(run: _Run, item: PlannedItem) -> ItemResult | None:
     key = _key(run, item)
     started = time.monotonic()
-    if run.job.options.skip_existing:
-        try:
-            if await run.writer.exists(key):
-                return ItemResult(item.index, item.params, key, ItemStatus.SKIPPED)
-        except WriteError as exc:
-            return _failed(item, key, exc, attempts=0, started=started)
-    return await _attempts(run, item, key, started)
+    # Every S3 call of this item retries under the run's settings and counts here.
+    with write_scope(run.s3_retry()) as s3:
+        if run.job.options.skip_existing:
+            try:
+                if await run.writer.exists(key):
+                    return ItemResult(item.index, item.params, key, ItemStatus.SKIPPED)
+            except WriteError as exc:
+                return _failed(item, key, exc, attempts=0, started=started, s3=s3)
+        return await _attempts(run, item, key, started, s3)
 
 
-async def _attempts(run: _Run, item: PlannedItem, key: str, started: float) -> ItemResult | None:
-    options = run.job.options
+async def _attempts(
+    run: _Run, item: PlannedItem, key: str, started: float, s3: WriteStats
+) -> ItemResult | None:
     request = FetchRequest(
         url=run.job.api.endpoint,
         params=encode_params(item.params),
         headers=run.headers,
         secret_header_names=run.secret_header_names,
     )
-    error: Exception | None = None
-    for attempt in range(1, options.max_attempts + 1):
-        await run.bucket.acquire()
-        try:
-            async with asyncio.timeout(options.attempt_timeout_s):
-                stored = await _attempt(run, item, key, request)
-        except FetchError as exc:
-            error = exc
-        except TimeoutError:
-            error = FetchTimeout(f"attempt took longer than {options.attempt_timeout_s}s")
-        except WriteError as exc:
-            return _failed(item, key, exc, attempts=attempt, started=started)
-        else:
-            return _settle(run, item, key, stored, attempt, started)
-        delay = _retry_delay(run, error, attempt)
+    throttled = 0
+    for attempt in range(1, run.job.options.max_attempts + 1):
+        async with run.api_limit.slot() as slot:
+            await run.bucket.acquire()  # the fixed rate limit keeps working on top
+            outcome = await _try(run, item, key, request, slot)
+        if isinstance(outcome, Stored | Staged):
+            return _settle(run, item, key, outcome, attempt, started, s3, throttled)
+        if isinstance(outcome, WriteError):
+            return _failed(item, key, outcome, attempts=attempt, started=started, s3=s3)
+        throttled += slot.outcome is Outcome.THROTTLED
+        delay = _retry_delay(run, outcome, attempt)
         if delay is None:
-            return _failed(item, key, error, attempts=attempt, started=started)
+            return _failed(
+                item,
+                key,
+                outcome,
+                attempts=attempt,
+                started=started,
+                s3=s3,
+                api_throttled=throttled,
+            )
         await asyncio.sleep(delay)
     raise AssertionError("unreachable: the last attempt always returns")
+
+
+async def _try(
+    run: _Run, item: PlannedItem, key: str, request: FetchRequest, slot: Slot
+) -> Stored | Staged | FetchError | WriteError:
+    """One attempt; its outcome (throttled or not) recorded on the API's ``slot``."""
+    timeout_s = run.job.options.attempt_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            stored = await _attempt(run, item, key, request)
+    except FetchError as exc:
+        if isinstance(exc, HTTPStatusError) and exc.status in THROTTLE_STATUSES:
+            slot.throttled(exc.retry_after_s)
+        return exc
+    except TimeoutError:
+        return FetchTimeout(f"attempt took longer than {timeout_s}s")
+    except WriteError as exc:
+        slot.succeeded()  # the API answered; storing is S3's side
+        return exc
+    slot.succeeded()
+    return stored
 
 
 def _retry_delay(run: _Run, error: Exception, attempt: int) -> float | None:
@@ -431,11 +494,18 @@ async def _stage(
 
 
 def _settle(
-    run: _Run, item: PlannedItem, key: str, stored: Stored | Staged, attempts: int, started: float
+    run: _Run,
+    item: PlannedItem,
+    key: str,
+    stored: Stored | Staged,
+    attempts: int,
+    started: float,
+    s3: WriteStats,
+    api_throttled: int,
 ) -> ItemResult | None:
     """The written result, or None when the packer reports it once its object is complete."""
     if isinstance(stored, Stored):
-        return _written(item, key, stored, attempts, started)
+        return _written(item, key, stored, attempts, started, s3, api_throttled)
     assert run.packer is not None
     pending = ItemResult(
         index=item.index,
@@ -446,6 +516,7 @@ def _settle(
         received_bytes=stored.received,
         records=stored.records,
         latency_ms=_ms_since(started),
+        throttled=api_throttled,  # the pack's own S3 writes are the packer's to count
     )
     run.packer.submit(stored, pending)
     return None
@@ -476,7 +547,13 @@ def _object_meta(run: _Run, item: PlannedItem, info: BodyInfo) -> ObjectMeta:
 
 
 def _written(
-    item: PlannedItem, key: str, stored: Stored, attempts: int, started: float
+    item: PlannedItem,
+    key: str,
+    stored: Stored,
+    attempts: int,
+    started: float,
+    s3: WriteStats,
+    api_throttled: int,
 ) -> ItemResult:
     return ItemResult(
         index=item.index,
@@ -488,11 +565,21 @@ def _written(
         stored_bytes=stored.stored,
         records=stored.records,
         latency_ms=_ms_since(started),
+        s3_attempts=s3.attempts,
+        s3_retries=s3.retries,
+        throttled=api_throttled + s3.throttled,
     )
 
 
 def _failed(
-    item: PlannedItem, key: str, error: Exception, *, attempts: int, started: float
+    item: PlannedItem,
+    key: str,
+    error: Exception,
+    *,
+    attempts: int,
+    started: float,
+    s3: WriteStats | None = None,
+    api_throttled: int = 0,
 ) -> ItemResult:
     kind = getattr(error, "kind", FailureKind.CONNECTION)
     status = getattr(error, "status", None)
@@ -509,6 +596,9 @@ def _failed(
         kind=kind,
         http_status=status,
         error=text,
+        s3_attempts=s3.attempts if s3 is not None else 0,
+        s3_retries=s3.retries if s3 is not None else 0,
+        throttled=api_throttled + (s3.throttled if s3 is not None else 0),
     )
 
 
@@ -526,8 +616,11 @@ async def _finish(
     stored_key: str | None = None
     if write_manifest:
         key = manifest_key_for(run.job, *span, prefix=manifest_prefix)
+        # The manifest may use the whole margin: the items are done with it by now.
+        end = float("inf") if run.deadline is None else run.deadline
         try:
-            await run.writer.put_file(key, run.tally.manifest_path(), MANIFEST_CONTENT_TYPE)
+            with write_scope(run.s3_retry(deadline=end)):
+                await run.writer.put_file(key, run.tally.manifest_path(), MANIFEST_CONTENT_TYPE)
             stored_key = key
         except Exception:
             # The objects are written; a lost manifest must not turn success into an error.

@@ -14,7 +14,7 @@
      │    ├── InvalidBody                    expect_json and the body is not JSON/NDJSON
      │    └── BlockedError (PermissionError) SSRF guard, scheme or allow-list refusal
      ├── WriteError                          storing a body failed
-     │    └── S3WriteError                   an S3 call failed after botocore's retries
+     │    └── S3WriteError                   an S3 call failed, after the patient retries
      ├── DeadlineExceeded (TimeoutError)     the invocation ran out of time
      ├── StateError                          an incremental run's state object is unusable
      │    └── StateConflict                  a conditional state write lost a race
@@ -147,11 +147,34 @@ class WriteError(IngestError):
 
 
 class S3WriteError(WriteError):
-    """An S3 call failed after botocore-style retries."""
+    """An S3 call failed (after the patient retries of ``s3retry``, once they ran)."""
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retryable: bool = False,
+        throttled: bool = False,
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.retryable = retryable
+        self.throttled = throttled  # SlowDown or another throttling answer
+        self.attempts = 1
+
+    def after(self, attempts: int, why: str | None) -> S3WriteError:
+        """The same error, saying after how many attempts (and why retries stopped)."""
+        text = f"{self} after {attempts} attempt{'s' if attempts != 1 else ''}"
+        error = S3WriteError(
+            f"{text} ({why})" if why else text,
+            code=self.code,
+            retryable=self.retryable,
+            throttled=self.throttled,
+        )
+        error.attempts = attempts
+        error.__cause__ = self.__cause__
+        return error
 
 
 class DeadlineExceeded(IngestError, TimeoutError):

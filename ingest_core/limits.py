@@ -1,10 +1,15 @@
-"""Shared limits of one run: the request rate and the memory budget."""
+"""Shared limits of one run: the request rate, the memory budget and the adaptive
+per-origin limit (DESIGN §14)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import Enum
 
 
 class TokenBucket:
@@ -87,3 +92,194 @@ class ByteBudget:
     def _take(self, nbytes: int) -> None:
         self._available -= nbytes
         self.peak_reserved = max(self.peak_reserved, self.capacity - self._available)
+
+
+# ---------------------------------------------------------------- adaptive limit
+
+PACE_WINDOW_S = 1.0  # what "recently admitted" means when a throttle names no Retry-After
+MIN_PACE_PER_S = 0.5
+
+
+class Outcome(Enum):
+    """What one request through an ``AdaptiveLimit`` came to."""
+
+    SUCCESS = "success"  # the far side took it: the limit grows
+    THROTTLED = "throttled"  # 429 / 503 / SlowDown: the limit shrinks
+    OTHER = "other"  # any other failure says nothing about load
+
+
+class AdaptiveLimit:
+    """The adaptive limit of one origin (an API, or S3): AIMD concurrency, a shared
+    pause and, after the first throttle, a learned pace.
+
+    - Concurrency (DESIGN §14): a throttle halves the allowed requests in flight
+      (down to 1), each success adds one (up to ``ceiling``). Only a request
+      started since the last decrease can decrease it again, so the 24 throttles
+      of one burst halve it once, not 24 times (TCP halves once per window too).
+    - Pause: a ``Retry-After`` holds every new request until then, not only the
+      one that got it.
+    - Pace: concurrency alone cannot find a rate limit (40 requests/s at 100 ms
+      is 4 in flight; every success adding one overshoots within 100 ms), so a
+      throttle also sets a pace of what the origin admitted over the window it
+      names: requests started in the last ``Retry-After`` seconds minus those
+      throttled, per second. Requests then start evenly spaced (no burst after a
+      pause) and each success speeds the pace by ``1/pace`` (about one request
+      per second, every second), so it probes upward slowly, as TCP's congestion
+      avoidance does.
+
+    ``enabled=False`` only counts throttles (for the metric) and never waits.
+    ``clock`` and ``sleep`` are injectable so the unit tests run on a fake clock.
+    """
+
+    def __init__(
+        self,
+        ceiling: int,
+        *,
+        enabled: bool = True,
+        learn_pace: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.ceiling = max(1, ceiling)
+        self.enabled = enabled
+        self.learn_pace = learn_pace
+        self.limit = self.ceiling
+        self.lowest = self.ceiling
+        self.in_flight = 0
+        self.throttled = 0
+        self.paused_until = float("-inf")
+        self.pace: float | None = None  # requests per second, once learned
+        self._clock, self._sleep = clock, sleep
+        self._next_start = float("-inf")
+        self._decreased_at = float("-inf")
+        self._round_started = 0  # requests started in the window before the decrease
+        self._round_throttled = 0
+        self._round_window = PACE_WINDOW_S
+        self._starts: deque[float] = deque()
+        self._lock = asyncio.Lock()
+        self._freed: asyncio.Future[None] | None = None
+
+    async def acquire(self) -> float:
+        """Wait for a slot, the end of any pause and the pace; return the start time."""
+        if not self.enabled:
+            return self._clock()
+        async with self._lock:  # one waiter at a time: the others queue FIFO behind it
+            while True:
+                if self.in_flight >= self.limit:
+                    self._freed = asyncio.get_running_loop().create_future()
+                    await self._freed
+                    continue
+                now = self._clock()
+                wait = max(self.paused_until, self._next_start) - now
+                if wait > 0:
+                    await self._sleep(wait)
+                    continue
+                break
+            self.in_flight += 1
+            self._started(now)
+            return now
+
+    def release(
+        self, started: float, outcome: Outcome, *, retry_after_s: float | None = None
+    ) -> None:
+        """Give back the slot taken at ``started`` and learn from how the request went."""
+        if outcome is Outcome.THROTTLED:
+            self.throttled += 1
+        if not self.enabled:
+            return
+        self.in_flight = max(0, self.in_flight - 1)
+        if outcome is Outcome.SUCCESS:
+            self._succeeded()
+        elif outcome is Outcome.THROTTLED:
+            self._throttled(started, retry_after_s)
+        if self._freed is not None and not self._freed.done() and self.in_flight < self.limit:
+            self._freed.set_result(None)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        """``acquire`` … ``release`` around a block; the block sets the outcome on the slot."""
+        slot = Slot(await self.acquire())
+        try:
+            yield slot
+        finally:
+            self.release(slot.started, slot.outcome, retry_after_s=slot.retry_after_s)
+
+    def describe(self) -> str:
+        """The current limit for a progress line: ``12/64`` plus the pace when learned."""
+        text = f"{self.limit}/{self.ceiling}"
+        if self.pace is not None:
+            text += f" at {self.pace:.0f}/s"
+        if self.paused_until > self._clock():
+            text += " paused"
+        return text
+
+    def _started(self, now: float) -> None:
+        if self.pace is not None:
+            self._next_start = max(now, self._next_start) + 1 / self.pace
+        if self.learn_pace:
+            self._starts.append(now)
+            horizon = now - max(self._round_window, PACE_WINDOW_S) * 4
+            while self._starts and self._starts[0] < horizon:
+                self._starts.popleft()
+
+    def _succeeded(self) -> None:
+        self.limit = min(self.ceiling, self.limit + 1)
+        if self.pace is not None:
+            self.pace += 1 / self.pace
+
+    def _throttled(self, started: float, retry_after_s: float | None) -> None:
+        now = self._clock()
+        if retry_after_s is not None and retry_after_s > 0:
+            self.paused_until = max(self.paused_until, now + retry_after_s)
+        if started > self._decreased_at:  # sent under the current limit: a new round
+            self.limit = max(1, self.limit // 2)
+            self.lowest = min(self.lowest, self.limit)
+            self._decreased_at = now
+            self._round_window = retry_after_s if retry_after_s else PACE_WINDOW_S
+            self._round_started = sum(1 for t in self._starts if t > now - self._round_window)
+            self._round_throttled = 0
+        if self.learn_pace:
+            # Later throttles of the same round refine what the origin admitted.
+            self._round_throttled += 1
+            admitted = max(0, self._round_started - self._round_throttled)
+            self.pace = max(MIN_PACE_PER_S, admitted / self._round_window)
+            # Start evenly from the end of the pause, not with a burst.
+            self._next_start = max(self.paused_until, now)
+
+
+@dataclass(slots=True)
+class Slot:
+    """One request's hold on an ``AdaptiveLimit``; the block records how it went."""
+
+    started: float
+    outcome: Outcome = Outcome.OTHER
+    retry_after_s: float | None = None
+
+    def succeeded(self) -> None:
+        self.outcome = Outcome.SUCCESS
+
+    def throttled(self, retry_after_s: float | None = None) -> None:
+        self.outcome = Outcome.THROTTLED
+        self.retry_after_s = retry_after_s
+
+
+class OriginLimits:
+    """One ``AdaptiveLimit`` per origin (scheme, host, port), made on first use."""
+
+    def __init__(self, ceiling: int, *, enabled: bool = True) -> None:
+        self.ceiling, self.enabled = ceiling, enabled
+        self._by_origin: dict[str, AdaptiveLimit] = {}
+
+    def for_origin(self, origin: str) -> AdaptiveLimit:
+        limit = self._by_origin.get(origin)
+        if limit is None:
+            limit = self._by_origin[origin] = AdaptiveLimit(self.ceiling, enabled=self.enabled)
+        return limit
+
+    @property
+    def throttled(self) -> int:
+        """Throttles seen across every origin."""
+        return sum(limit.throttled for limit in self._by_origin.values())
+
+    def items(self) -> list[tuple[str, AdaptiveLimit]]:
+        return list(self._by_origin.items())

@@ -18,6 +18,7 @@ SUMMARY_FIELDS = (
     "records_ingested",
     "bytes_written",
     "retries",
+    "throttled",
     "duration_ms",
     "manifest_key",
     "failures_truncated",
@@ -39,7 +40,7 @@ def publish_metrics(metrics: Any, result: dict[str, Any], latencies_ms: list[int
     from aws_lambda_powertools.metrics import MetricUnit
 
     metrics.add_dimension(name="source_id", value=str(result["source_id"]))
-    for name in ("succeeded", "failed", "not_attempted", "retries"):
+    for name in ("succeeded", "failed", "not_attempted", "retries", "throttled"):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=result[name])
     metrics.add_metric(name="bytes", unit=MetricUnit.Bytes, value=result["bytes_written"])
     if result["records_ingested"] is not None:

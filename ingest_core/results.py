@@ -90,11 +90,21 @@ class ItemResult:
     http_status: int | None = None
     error: str | None = None
     pack: PackSpan | None = None  # set when the item's lines are in a pack object
+    s3_attempts: int = 0  # the most attempts one S3 call of the item needed
+    s3_retries: int = 0  # S3 attempts beyond the first, over all its calls
+    throttled: int = 0  # 429/503 from the API and SlowDown from S3 this item met
 
     @property
     def succeeded(self) -> bool:
         """Written now or already there."""
         return self.status in (ItemStatus.WRITTEN, ItemStatus.SKIPPED)
+
+    @property
+    def side(self) -> str | None:
+        """Which side failed: ``s3`` (storing) or ``api`` (fetching); None otherwise."""
+        if self.status is not ItemStatus.FAILED:
+            return None
+        return "s3" if self.kind is FailureKind.S3_ERROR else "api"
 
     def manifest_line(self) -> bytes:
         """One JSON line of the manifest."""
@@ -107,6 +117,7 @@ class ItemResult:
             "stored_bytes": self.stored_bytes,
             "records": self.records,
             "attempts": self.attempts,
+            "s3_attempts": self.s3_attempts,
             "latency_ms": self.latency_ms,
         }
         if self.pack is not None:
@@ -122,7 +133,9 @@ class ItemResult:
             "params": self.params,
             "kind": self.kind.value if self.kind else None,
             "status": self.http_status,
+            "side": self.side,
             "attempts": self.attempts,
+            "s3_attempts": self.s3_attempts,
             "error": (self.error or "")[:MAX_ERROR_TEXT],
         }
         if len(orjson.dumps(self.params)) > MAX_FAILURE_PARAMS_BYTES:
@@ -143,6 +156,7 @@ class Tally:
     records: int | None = 0
     bytes_written: int = 0
     retries: int = 0
+    throttled: int = 0
     latencies_ms: list[int] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     failures_bytes: int = 0
@@ -161,7 +175,8 @@ class Tally:
         if result.error and contains_secret(result.error):
             result = replace(result, error=scrub(result.error))
         self.manifest.write(result.manifest_line())
-        self.retries += max(0, result.attempts - 1)
+        self.retries += max(0, result.attempts - 1) + result.s3_retries
+        self.throttled += result.throttled
         if result.succeeded:
             self._add_success(result)
         else:
@@ -237,6 +252,7 @@ class Tally:
             "records_ingested": self.records,
             "bytes_written": self.bytes_written,
             "retries": self.retries,
+            "throttled": self.throttled,
             "duration_ms": duration_ms,
             "failures": sorted(self.failures, key=lambda f: f["index"]),
             "failures_truncated": self.failures_truncated,

@@ -23,7 +23,7 @@ from ingest_core.incremental import is_incremental, run_incremental, store_for
 from ingest_core.results import ItemResult
 from ingest_core.settings import Settings
 from ingest_core.state import StateStore
-from ingest_core.writers import S3_MAX_ATTEMPTS, LocalDirWriter, ObjectWriter, S3Writer
+from ingest_core.writers import LocalDirWriter, ObjectWriter, S3Writer
 
 S3_CONNECT_TIMEOUT_S = 10
 S3_READ_TIMEOUT_S = 60
@@ -41,14 +41,16 @@ def aws_session() -> Any:
 
 
 def s3_config(concurrency: int) -> Any:
-    """botocore config: pool sized like the semaphore, ``standard`` retries."""
+    """botocore config: pool sized like the semaphore, botocore's retries off."""
     from aiobotocore.config import AioConfig
 
     return AioConfig(
         max_pool_connections=concurrency,  # botocore's default of 10 would cap the fan-out
-        # total_max_attempts, not max_attempts: botocore reads the latter as *retries*
-        # (3 would mean 4 attempts), and the lean PUT path makes S3_MAX_ATTEMPTS in all.
-        retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
+        # One attempt per call: ingest_core.s3retry retries every call the writer makes
+        # (up to s3_max_attempts, within the deadline, counting each attempt), on the
+        # SDK path exactly as on the lean one. total_max_attempts, not max_attempts:
+        # botocore reads the latter as *retries*.
+        retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=S3_CONNECT_TIMEOUT_S,
         read_timeout=S3_READ_TIMEOUT_S,
     )

@@ -11,6 +11,11 @@ signed, payload hash ``UNSIGNED-PAYLOAD``) with the aioboto3 session's
 session of our own, because ``put_object`` spends about ten times the CPU of the
 request itself on endpoint rules and signing (docs/PERFORMANCE.md has the
 figures). Multipart uploads and HEADs stay on aioboto3.
+
+Every S3 call, on either path, goes through ``s3retry.current().call``: the
+patient retries of DESIGN §14 (botocore's own are off, so attempts are counted
+exactly); errors are translated to ``S3WriteError`` here, saying whether they
+may be retried and whether S3 was throttling.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import base64
 import hashlib
 import io
 import os
-import random
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
@@ -34,14 +38,14 @@ import aiohttp
 from yarl import URL
 
 from ingest_core.errors import S3WriteError
+from ingest_core.s3retry import current as s3_retry
 from ingest_core.sigv4 import sign_put
 
 SMALL_BODY = 256 * 1024
 FILE_PART_SIZE = 8 * 1024 * 1024
 FILE_READ_CHUNK = 1024 * 1024
-S3_MAX_ATTEMPTS = 3  # botocore's standard retry mode
-S3_BACKOFF_CAP_S = 20.0
-S3_RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
+S3_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+S3_THROTTLED_STATUSES = frozenset({429, 503})
 S3_RETRYABLE_CODES = frozenset(
     {
         "Throttling",
@@ -63,6 +67,13 @@ S3_RETRYABLE_CODES = frozenset(
         "InternalError",
     }
 )
+S3_THROTTLING_CODES = S3_RETRYABLE_CODES - {
+    "TransactionInProgressException",
+    "PriorRequestNotComplete",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+}
 # Answers that mean "this bucket lives elsewhere": botocore's redirector handles them.
 S3_WRONG_REGION_CODES = frozenset(
     {
@@ -190,6 +201,9 @@ class S3Writer:
         return f"s3://{self.bucket}/{key}"
 
     async def exists(self, key: str) -> bool:
+        return await s3_retry().call(lambda: self._head(key))
+
+    async def _head(self, key: str) -> bool:
         try:
             await self._client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
@@ -208,13 +222,16 @@ class S3Writer:
         await self._sdk_put(key, data, meta)
 
     async def start_multipart(self, key: str, meta: ObjectMeta) -> MultipartUpload:
+        answer = await s3_retry().call(lambda: self._create_multipart(key, meta))
+        return S3MultipartUpload(self._client, self.bucket, key, answer["UploadId"])
+
+    async def _create_multipart(self, key: str, meta: ObjectMeta) -> Any:
         try:
-            answer = await self._client.create_multipart_upload(
+            return await self._client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32", **_sdk_meta(meta)
             )
         except Exception as exc:
             raise _s3_error("CreateMultipartUpload", exc) from exc
-        return S3MultipartUpload(self._client, self.bucket, key, answer["UploadId"])
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
         """Upload a local file (the manifest), streamed, never whole in memory.
@@ -234,6 +251,9 @@ class S3Writer:
         await put_file_in_parts(self, key, path, meta)
 
     async def _sdk_put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
+        await s3_retry().call(lambda: self._sdk_put_once(key, data, meta))
+
+    async def _sdk_put_once(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
         try:
             await self._client.put_object(
                 Bucket=self.bucket,
@@ -246,14 +266,7 @@ class S3Writer:
             raise _s3_error("PutObject", exc) from exc
 
     async def _lean_put(self, key: str, payload: _Payload, meta: ObjectMeta) -> None:
-        for attempt in range(1, S3_MAX_ATTEMPTS + 1):
-            try:
-                await self._lean_put_once(key, payload, meta)
-                return
-            except S3WriteError as exc:
-                if not exc.retryable or attempt == S3_MAX_ATTEMPTS:
-                    raise
-            await asyncio.sleep(random.uniform(0, min(S3_BACKOFF_CAP_S, 2 ** (attempt - 1))))
+        await s3_retry().call(lambda: self._lean_put_once(key, payload, meta))
 
     async def _lean_put_once(self, key: str, payload: _Payload, meta: ObjectMeta) -> None:
         assert self._http is not None
@@ -266,9 +279,9 @@ class S3Writer:
                         return
                     raise _lean_error(resp.status, await resp.read())
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            error = S3WriteError(f"PutObject: {type(exc).__name__}: {exc}"[:500])
-            error.retryable = True  # botocore retries connection errors too
-            raise error from exc
+            raise S3WriteError(
+                f"PutObject: {type(exc).__name__}: {exc}"[:500], retryable=True
+            ) from exc
 
     async def _signed_headers(
         self, url: URL, payload: _Payload, meta: ObjectMeta
@@ -342,6 +355,10 @@ class S3MultipartUpload:
         self._done = False
 
     async def upload_part(self, data: bytes | memoryview) -> None:
+        # A retry resends the same bytes: ``data`` stays valid until this returns.
+        await s3_retry().call(lambda: self._upload_part_once(data))
+
+    async def _upload_part_once(self, data: bytes | memoryview) -> None:
         number = len(self._parts) + 1
         try:
             answer = await self._client.upload_part(
@@ -360,6 +377,10 @@ class S3MultipartUpload:
         self._parts.append(part)
 
     async def complete(self) -> None:
+        await s3_retry().call(self._complete_once)
+        self._done = True
+
+    async def _complete_once(self) -> None:
         try:
             await self._client.complete_multipart_upload(
                 Bucket=self._bucket,
@@ -369,12 +390,14 @@ class S3MultipartUpload:
             )
         except Exception as exc:
             raise _s3_error("CompleteMultipartUpload", exc) from exc
-        self._done = True
 
     async def abort(self) -> None:
         if self._done:
             return
         self._done = True
+        await s3_retry().call(self._abort_once)
+
+    async def _abort_once(self) -> None:
         try:
             await self._client.abort_multipart_upload(
                 Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
@@ -471,11 +494,12 @@ def _lean_error(status: int, body: bytes) -> Exception:
     code, message = _parse_s3_error(body)
     if code in S3_WRONG_REGION_CODES or status == 301:
         return _WrongRegion(code)
-    error = S3WriteError(
-        f"PutObject: HTTP {status} {code or ''} {message or ''}".strip(), code=code
+    return S3WriteError(
+        f"PutObject: HTTP {status} {code or ''} {message or ''}".strip(),
+        code=code,
+        retryable=status in S3_RETRYABLE_STATUSES or code in S3_RETRYABLE_CODES,
+        throttled=status in S3_THROTTLED_STATUSES or code in S3_THROTTLING_CODES,
     )
-    error.retryable = status in S3_RETRYABLE_STATUSES or code in S3_RETRYABLE_CODES
-    return error
 
 
 def _parse_s3_error(body: bytes) -> tuple[str | None, str | None]:
@@ -495,12 +519,40 @@ def _error_status(exc: Exception) -> int | None:
 
 
 def _s3_error(operation: str, exc: Exception) -> S3WriteError:
-    """Translate a botocore error (after its own retries) to ``S3WriteError``."""
+    """Translate a botocore (or transport) error to ``S3WriteError``: the one place.
+
+    Retryable, as botocore's ``standard`` mode has it: throttling and transient
+    codes, 5xx (a 200 carrying an ``<Error>`` arrives here as botocore's
+    ClientError with that code), and connection-level failures.
+    """
     response = getattr(exc, "response", None)
     code = None
+    status = _error_status(exc)
     if isinstance(response, dict):
         code = response.get("Error", {}).get("Code")
-    return S3WriteError(f"{operation}: {type(exc).__name__}: {exc}"[:500], code=code)
+    retryable = (
+        code in S3_RETRYABLE_CODES
+        or status in S3_RETRYABLE_STATUSES
+        or (response is None and _is_transport_error(exc))
+    )
+    throttled = code in S3_THROTTLING_CODES or status in S3_THROTTLED_STATUSES
+    return S3WriteError(
+        f"{operation}: {type(exc).__name__}: {exc}"[:500],
+        code=code,
+        retryable=retryable,
+        throttled=throttled,
+    )
+
+
+def _is_transport_error(exc: Exception) -> bool:
+    """A connection dropped, refused or timed out (no answer from S3 at all)."""
+    # botocore is loaded by then (its client raised this); imported here so that a
+    # run on the lean path alone never loads it.
+    from botocore.exceptions import ConnectionError as BotocoreConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    transport = (BotocoreConnectionError, HTTPClientError, aiohttp.ClientError, OSError)
+    return isinstance(exc, (*transport, TimeoutError))
 
 
 # ------------------------------------------------------------------------- local

@@ -254,6 +254,8 @@ OPTION_HELP = {
     "skip_existing": "skip items whose key already exists (resume a run)",
     "expect_json": "store bodies as received, even when they are not JSON/NDJSON",
     "fail_on_error": "treat any failed item as a failed run (the CLI exits 1 either way)",
+    "s3_max_attempts": "attempts per S3 call (SlowDown, 5xx, dropped connection) within a deadline",
+    "adaptive": "keep concurrency fixed: no AIMD limit, no shared Retry-After pause per API origin",
 }
 
 

@@ -6,8 +6,8 @@ PUTs are tested on both paths (lean SigV4 and aioboto3 ``put_object``); multipar
 uploads (always aioboto3) use 11 MiB bodies in 5 MiB parts: 5 + 5 + 1.
 
 "Exhausted" means the fault is injected as many times as S3 calls are sent
-(``S3_ATTEMPTS`` attempts, botocore's standard retry mode, which the lean path
-copies), so the item must fail; fewer injections must be ridden out. A dropped
+(``S3_ATTEMPTS``, set as the events' ``s3_max_attempts`` to keep these tests
+short; the default is 10), so the item must fail; fewer injections must be ridden out. A dropped
 connection may cost one or two sends per attempt: aiohttp itself resends an
 idempotent request once when the server closes without answering (RFC 9112
 §9.3.1.1), but only when it can replay the body (a bytes body, not a streamed
@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from handler.app import lambda_handler
-from ingest_core.writers import S3_MAX_ATTEMPTS
 from tests.support.faults import FaultyAPI, S3FaultProxy, expected_bytes, iter_json_zeros
 from tests.support.lambda_context import LocalContext
 from tests.support.reliability import assert_s3_outcome, event_for, served_body
@@ -32,9 +31,10 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("allow_private")]
 
 MiB = 1024 * 1024
 BIG = 11 * MiB
-S3_ATTEMPTS = S3_MAX_ATTEMPTS
+S3_ATTEMPTS = 3
 DROP_SENDS = 2 * S3_ATTEMPTS
-MULTIPART = {"part_size_mb": 5, "memory_budget_mb": 16, "expect_json": False}
+PATIENCE = {"s3_max_attempts": S3_ATTEMPTS}
+MULTIPART = {"part_size_mb": 5, "memory_budget_mb": 16, "expect_json": False, **PATIENCE}
 
 
 def run(event: dict[str, Any]) -> tuple[dict[str, Any], LocalContext]:
@@ -79,7 +79,8 @@ def test_put_object_faults_on_both_put_paths(
     s3_proxy.inject("PutObject", fault, times=times)
     batch = [{"date": "2025-01-01"}]
     # WHEN the handler ingests it
-    result, context = run(event_for(f"{url}/v1/data", batch=batch, request_id=f"put-{fault}"))
+    event = event_for(f"{url}/v1/data", batch=batch, options=PATIENCE, request_id=f"put-{fault}")
+    result, context = run(event)
     # THEN transient faults are retried until they pass; otherwise the item fails as s3_error
     assert s3_proxy.pending() == {}
     if lands:
@@ -90,6 +91,8 @@ def test_put_object_faults_on_both_put_paths(
         assert failure["kind"] == "s3_error"
         # Credentials that expired are not retried; everything else gets every attempt.
         assert len(put_statuses(s3_proxy)) == times
+        assert (failure["side"], failure["attempts"], failure["s3_attempts"]) == ("s3", 1, times)
+        assert f"after {times} attempt" in failure["error"]
         if fault == "expired_token":
             assert "ExpiredToken" in failure["error"]
     assert result["manifest_key"] is not None
@@ -169,6 +172,8 @@ def test_multipart_faults(
         [failure] = result["failures"]
         assert failure["kind"] == "s3_error"
         assert operation in failure["error"]
+        assert failure["side"] == "s3"
+        assert failure["s3_attempts"] == (1 if fault == "expired_token" else S3_ATTEMPTS)
         if operation != "CreateMultipartUpload":
             assert s3_proxy.statuses("AbortMultipartUpload") == [204]
     assert api.hits["big"] == 1  # S3 trouble never re-fetches the body

@@ -127,7 +127,9 @@ def test_transient_statuses_are_retried_and_permanent_ones_are_not(
         "params": {"date": day(3)},
         "kind": "http_status",
         "status": 404,
+        "side": "api",
         "attempts": 1,
+        "s3_attempts": 0,
         "error": "HTTP 404 after 1 attempt",
     }
     assert_written_exactly(s3, result, {i: {"date": day(i)} for i in (0, 1, 2, 4)})
