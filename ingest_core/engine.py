@@ -252,7 +252,9 @@ async def _start_packer(run: _Run) -> Packer | None:
         budget=run.budget,
         on_result=run.record,
     )
-    await packer.start()
+    # The packer's task inherits the run's S3 retry settings (its attempts are its own).
+    with write_scope(run.s3_retry()):
+        await packer.start()
     return packer
 
 

@@ -16,7 +16,6 @@ import orjson
 import pytest
 
 from handler.app import lambda_handler
-from ingest_core.writers import S3_MAX_ATTEMPTS
 from tests.conftest import RAW_BUCKET
 from tests.support.faults import S3FaultProxy
 from tests.support.lambda_context import LocalContext
@@ -26,6 +25,7 @@ from tests.support.servers import MotoS3, Response, ScriptedAPI
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("allow_private")]
 
 MiB = 1024 * 1024
+S3_MAX_ATTEMPTS = 3  # options.s3_max_attempts for the failing-part test (default 10)
 
 
 def run(event: dict[str, Any], timeout_s: float = 60) -> tuple[dict[str, Any], LocalContext]:
@@ -195,6 +195,7 @@ def test_a_part_that_fails_for_good_fails_exactly_the_items_of_its_object(
             "part_size_mb": 5,
             "memory_budget_mb": 24,
             "pack": {"compression": "none", "target_mb": 6},
+            "s3_max_attempts": S3_MAX_ATTEMPTS,
         },
     )
     # WHEN it runs
@@ -222,7 +223,7 @@ def test_a_complete_answering_200_with_an_error_fails_its_items(
     # inside on every attempt
     big = {str(n): Response(body=orjson.dumps({"n": n, "pad": "z" * MiB})) for n in range(7)}
     url = api_server(ScriptedAPI(big)).url
-    s3_proxy.inject("CompleteMultipartUpload", "error_in_200", times=10)
+    s3_proxy.inject("CompleteMultipartUpload", "error_in_200", times=S3_MAX_ATTEMPTS)
     event = event_for(
         f"{url}/v1/data",
         batch=[{"date": str(n)} for n in range(7)],
@@ -232,6 +233,7 @@ def test_a_complete_answering_200_with_an_error_fails_its_items(
             "part_size_mb": 5,
             "memory_budget_mb": 24,
             "pack": {"compression": "none"},
+            "s3_max_attempts": S3_MAX_ATTEMPTS,
         },
     )
     # WHEN it runs
