@@ -38,8 +38,9 @@ from ingest_core.fetcher import (
     iter_body,
     make_http_session,
     open_response,
+    safe_content_type,
 )
-from ingest_core.keys import KeyTemplate, PackKeys, params_hash
+from ingest_core.keys import KeyTemplate, PackKeys, manifest_key, params_hash
 from ingest_core.limits import (
     AdaptiveLimit,
     ByteBudget,
@@ -161,10 +162,10 @@ def manifest_key_for(
     Every batch of one Distributed Map execution shares the execution name as
     its request id, so without the range their manifests would overwrite each other.
     """
-    name = job.request_id
-    if job.is_map_batch and first_index is not None:
-        name = f"{name}-{first_index}-{last_index}"
-    return f"{prefix}{job.api.source_id}/_manifests/{name}.json"
+    span = None
+    if job.is_map_batch and first_index is not None and last_index is not None:
+        span = (first_index, last_index)
+    return manifest_key(job.api.source_id, job.request_id, span, prefix)
 
 
 async def run_job(
@@ -528,7 +529,7 @@ def _body_info(response: aiohttp.ClientResponse) -> BodyInfo:
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
     return BodyInfo(
         content_length=response.content_length,
-        content_type=response.headers.get("Content-Type"),
+        content_type=safe_content_type(response.headers.get("Content-Type")),
         encoded=encoding not in ("", "identity"),
     )
 
@@ -542,7 +543,7 @@ def _object_meta(run: _Run, item: PlannedItem, info: BodyInfo) -> ObjectMeta:
         "params-hash": params_hash(item.params),
     }
     return ObjectMeta(
-        content_type=(info.content_type or "application/json").split(",")[0].strip()[:200],
+        content_type=info.content_type or "application/json",
         content_encoding="gzip" if run.job.options.compress else None,
         metadata=metadata,
     )

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.helpers import _EXC_SENTINEL
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from yarl import URL
 
 from ingest_core.errors import (
@@ -23,9 +27,11 @@ from ingest_core.errors import (
     FetchError,
     FetchTimeout,
     HTTPStatusError,
+    InvalidBody,
     TruncatedBody,
 )
 from ingest_core.netguard import GuardedResolver, NetPolicy, check_url
+from ingest_core.redact import scrub
 from ingest_core.retry import is_retryable_status, parse_retry_after
 
 MAX_REDIRECTS = 10
@@ -33,6 +39,12 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DNS_CACHE_TTL_S = 60
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 USER_AGENT = "fanout-ingest/0.1 (+https://github.com/fanout-ingest)"
+MAX_CONTENT_TYPE = 200
+# The leading words of a parser's message ("Invalid header token", "Bad status
+# line"); what follows them quotes the raw bytes received, which can be anything.
+_SUMMARY_RE = re.compile(r"[A-Za-z][A-Za-z0-9 ,()-]*")
+_E = TypeVar("_E", bound=BaseException)
+_PRINTABLE_ASCII_RE = re.compile(r"[\x20-\x7e]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,10 @@ def make_http_session(
         ttl_dns_cache=DNS_CACHE_TTL_S,
         resolver=GuardedResolver(policy=policy),
     )
+    # A private seam of the pinned aiohttp; see _BodyErrorsReachTheBody.
+    connector._factory = functools.partial(  # type: ignore[assignment]
+        _BodyErrorsReachTheBody, loop=connector._loop
+    )
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
     )
@@ -68,6 +84,26 @@ def make_http_session(
         headers={"User-Agent": USER_AGENT},
         raise_for_status=False,
     )
+
+
+class _BodyErrorsReachTheBody(ResponseHandler):
+    """aiohttp's protocol, passing a mid-body parser error on to the body reader.
+
+    With aiohttp's C parser (3.14.5), a malformed chunk size after the body has
+    started is set on the connection only: the body reader then waits forever,
+    and the read timeout has been dropped. A hostile API could hold an item
+    until ``attempt_timeout_s``. tests/functional/test_secret_echo.py covers it.
+    """
+
+    def set_exception(self, exc: BaseException, exc_cause: BaseException = _EXC_SENTINEL) -> None:
+        payload = self._payload
+        super().set_exception(exc, exc_cause)
+        if not isinstance(exc, HttpProcessingError):
+            return  # timeouts and lost connections reach the body already
+        if payload is not None and payload.exception() is None and not payload.is_eof():
+            error = aiohttp.ClientPayloadError("response body could not be parsed")
+            error.__cause__ = exc
+            payload.set_exception(error)
 
 
 def encode_params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -144,6 +180,9 @@ async def _get(
         return await session.get(url, params=params, headers=headers, allow_redirects=False)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise translate_client_error(exc) from exc
+    except ValueError as exc:
+        # yarl or aiohttp refusing a URL they cannot build; their message quotes it.
+        raise BlockedError(f"the URL could not be used ({type(exc).__name__})") from exc
 
 
 def _redirect_target(response: aiohttp.ClientResponse, policy: NetPolicy) -> URL:
@@ -154,7 +193,14 @@ def _redirect_target(response: aiohttp.ClientResponse, policy: NetPolicy) -> URL
             status=response.status,
             retryable=False,
         )
-    return check_url(response.url.join(URL(location)), policy)
+    try:
+        target = response.url.join(URL(location))
+    except (ValueError, TypeError):
+        # Refused like any URL check_url cannot parse; yarl's message would quote it.
+        raise BlockedError(
+            f"HTTP {response.status} redirect to a Location that is not a valid URL"
+        ) from None
+    return check_url(target, policy)
 
 
 def _raise_for_status(response: aiohttp.ClientResponse) -> None:
@@ -209,9 +255,16 @@ def translate_client_error(exc: BaseException, *, mid_body: bool = False) -> Fet
     blocked = _blocked_cause(exc)
     if blocked is not None:
         return blocked
+    if _caused_by(exc, ContentEncodingError):
+        # Brotli without the Brotli package, a corrupt gzip: a retry gets the same bytes.
+        return InvalidBody("the body's Content-Encoding could not be decoded")
     if isinstance(exc, aiohttp.ClientResponseError) and exc.status >= 400:
         # aiohttp reports malformed answers (e.g. oversized headers) as a 400 it made up.
-        return FetchConnectionError(f"malformed response: {exc.message}")
+        # Its message quotes the bytes received, which may echo a credential: summarise.
+        return FetchConnectionError(f"malformed response: {_parser_summary(exc.message)}")
+    if isinstance(exc, aiohttp.InvalidURL):
+        # Its text is the URL itself; the description says what is wrong with it.
+        return BlockedError(f"URL refused by the HTTP client: {exc.description or 'invalid'}")
     for source, target, retryable in _TRANSLATIONS:
         if isinstance(exc, source):
             if mid_body and target is FetchConnectionError:
@@ -234,7 +287,52 @@ def _blocked_cause(exc: BaseException) -> BlockedError | None:
     return None
 
 
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    return _cause_of_type(exc, kind) is not None
+
+
+def _cause_of_type(exc: BaseException, kind: type[_E]) -> _E | None:
+    seen: BaseException | None = exc
+    for _ in range(10):  # causes can loop; aiohttp's chains are 2-3 deep
+        if seen is None:
+            return None
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _parser_summary(message: object) -> str:
+    """The leading words of an HTTP parser's message, never the bytes it quotes."""
+    first = str(message).split("\n", 1)[0].split(":", 1)[0].strip()
+    match = _SUMMARY_RE.match(first)
+    return match.group(0).strip()[:100] if match else "unparsable"
+
+
 def _describe(exc: BaseException) -> str:
-    # aiohttp messages name the host and the OS error; they never carry headers.
+    # Connection errors name the host and the OS error; a payload error quotes the
+    # parser, so it is summarised. Secrets registered for the run are scrubbed anyway.
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        text = _parser_summary(exc)
+        parser_error = _cause_of_type(exc, HttpProcessingError)
+        if parser_error is not None:
+            text = f"{text}: {_parser_summary(parser_error.message)}"
+        return f"{type(exc).__name__}: {text}"
     text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]
+    return scrub(f"{type(exc).__name__}: {text}"[:500])
+
+
+def safe_content_type(value: str | None) -> str | None:
+    """The response's ``Content-Type`` as printable ASCII, or None.
+
+    HTTP allows Latin-1 bytes in header values; S3 metadata and SigV4's
+    canonical headers do not. The media type alone is kept when its parameters
+    hold other bytes; a value that is unreadable even so counts as absent.
+    """
+    if value is None:
+        return None
+    value = value.split(",")[0].strip()[:MAX_CONTENT_TYPE]
+    if _PRINTABLE_ASCII_RE.fullmatch(value):
+        return value or None
+    media_type = value.split(";")[0].strip()
+    return media_type if media_type and _PRINTABLE_ASCII_RE.fullmatch(media_type) else None

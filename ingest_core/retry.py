@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -10,6 +11,7 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 20.0
 RETRY_AFTER_CAP_S = 900.0  # a Lambda lives at most 15 minutes
+_DELTA_SECONDS_RE = re.compile(r"[0-9]+")
 
 
 def is_retryable_status(status: int) -> bool:
@@ -45,11 +47,12 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # ASCII digits only: str.isdigit() is also true for "²", which float() refuses.
+    if _DELTA_SECONDS_RE.fullmatch(value):
         return min(float(value), RETRY_AFTER_CAP_S)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -40,6 +40,21 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after("99999") == RETRY_AFTER_CAP_S
 
 
-@pytest.mark.parametrize("value", [None, "", "soon", "-3", "1.5"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "soon",
+        "-3",
+        "1.5",
+        "²",
+        "1²",
+        "١٢",
+        "\uff11\uff10",  # full-width "10"
+        "Fri, 31 Dec 99999 23:59:59 GMT",
+        "0x10",
+    ],
+)
 def test_unreadable_retry_after_is_ignored(value: str | None) -> None:
     assert parse_retry_after(value) is None
