@@ -56,11 +56,23 @@ class IngestError(Exception):
 class InvalidEventError(IngestError, ValueError):
     """The event (or options, or CLI flags) is invalid; lists every offending field."""
 
+    MAX_PROBLEMS = 50  # a 200,000-item batch with one bad field each: 16.5 MB of text
+    MAX_REASON = 500
+
     def __init__(self, problems: list[tuple[str, str]] | str) -> None:
         if isinstance(problems, str):
             problems = [("event", problems)]
-        self.problems: list[tuple[str, str]] = problems
-        super().__init__(self._render(problems))
+        self.problems: list[tuple[str, str]] = self._capped(problems)
+        super().__init__(self._render(self.problems))
+
+    @classmethod
+    def _capped(cls, problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The first ``MAX_PROBLEMS`` problems, each reason cut, and a count of the rest."""
+        kept = [(field, reason[: cls.MAX_REASON]) for field, reason in problems[: cls.MAX_PROBLEMS]]
+        rest = len(problems) - len(kept)
+        if rest > 0:
+            kept.append(("event", f"{rest} more problems not shown"))
+        return kept
 
     @staticmethod
     def _render(problems: list[tuple[str, str]]) -> str:

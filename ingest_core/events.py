@@ -29,7 +29,13 @@ from pydantic import (
 
 from ingest_core.config import Options
 from ingest_core.errors import BlockedError, InvalidEventError
-from ingest_core.keys import DEFAULT_KEY_TEMPLATE, KeyTemplate, PackKeys
+from ingest_core.keys import (
+    DEFAULT_KEY_TEMPLATE,
+    KeyTemplate,
+    PackKeys,
+    manifest_key,
+    validate_key,
+)
 from ingest_core.netguard import NetPolicy, check_bucket, check_url
 from ingest_core.planner import (
     count_date_range,
@@ -46,6 +52,35 @@ HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 STATE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SECRET_REF_RE = re.compile(r"^(secretsmanager:[^#\s]+(#[^#\s]+)?|ssm:/[^\s]+)$")
 SOURCES = ("query_params", "batch", "date_range", "Items")
+# Headers that steer where a request is routed or how its message is framed: set
+# by hand they reach virtual hosts the allow-list never approved (Host, and the
+# X-Forwarded-Host family that proxies honour), smuggle requests (Content-Length,
+# Transfer-Encoding, TE, Trailer, Expect), or change the connection (Connection,
+# Keep-Alive, Upgrade, Proxy-*). aiohttp sets the ones a GET needs.
+REFUSED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "expect",
+        "forwarded",
+        "x-forwarded-host",
+        "x-forwarded-server",
+        "x-host",
+        "x-original-host",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    }
+)
+REFUSED_HEADER_PREFIXES = ("proxy-",)
 
 
 def _check_param_value(value: Any) -> Any:
@@ -124,6 +159,11 @@ class ApiConfig(BaseModel):
         for name, header_value in value.items():
             if not HEADER_NAME_RE.match(name):
                 raise ValueError(f"{name!r} is not a valid header name")
+            if _steers_routing(name):
+                raise ValueError(
+                    f"{name!r} may not be set: it steers where the request goes or how it"
+                    " is framed (see docs/RELIABILITY.md, refused headers)"
+                )
             if "\r" in header_value or "\n" in header_value:
                 # The value itself is never echoed: it may be a credential.
                 raise ValueError(f"value of {name!r} contains a line break")
@@ -246,6 +286,11 @@ class Event(BaseModel):
         if not isinstance(value, list):
             return value
         return [item if _is_wrapped(item) else {"params": item} for item in value]
+
+
+def _steers_routing(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in REFUSED_HEADERS or lowered.startswith(REFUSED_HEADER_PREFIXES)
 
 
 def _is_wrapped(item: Any) -> bool:
@@ -542,5 +587,15 @@ def _check_keys(job: Job) -> None:
             break
         if remember:
             seen[key] = item.index
+    problems.extend(_manifest_key_problems(job))
     if problems:
         raise InvalidEventError(problems)
+
+
+def _manifest_key_problems(job: Job) -> list[tuple[str, str]]:
+    """The manifest's key obeys the rules of item keys (``a/.`` would make ``a/./``)."""
+    try:
+        validate_key(manifest_key(job.api.source_id, job.request_id))
+    except ValueError as exc:
+        return [("api_config.source_id", f"the manifest key is invalid: {exc}")]
+    return []

@@ -32,6 +32,17 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _QUOTE_SAFE = "-_.~"
 
 
+def manifest_key(
+    source_id: str,
+    request_id: str,
+    span: tuple[int, int] | None = None,
+    prefix: str = "",
+) -> str:
+    """``{prefix}{source_id}/_manifests/{request_id}[-{first}-{last}].json``."""
+    name = request_id if span is None else f"{request_id}-{span[0]}-{span[1]}"
+    return f"{prefix}{source_id}/_manifests/{name}.json"
+
+
 def params_hash(params: Mapping[str, Any]) -> str:
     """First 16 hex characters of the SHA-256 of the canonical JSON of ``params``.
 
