@@ -38,6 +38,10 @@ _EXECUTION_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 _UNSAFE_NAME_CHARS_RE: Final = re.compile(r"[^A-Za-z0-9_-]+")
 
 MAX_EXECUTION_INPUT_BYTES: Final = 256 * 1024
+MAX_ITEMS_PER_BATCH: Final = 100_000  # the template parameters' MaxValue
+# template.yaml's defaults of MaxItemsPerBatch and MaxItemsPerPackedBatch
+DEFAULT_ITEMS_PER_BATCH: Final = 100
+DEFAULT_ITEMS_PER_PACKED_BATCH: Final = 2500
 JSONL_SUFFIXES: Final = (".jsonl", ".ndjson")
 DEFAULT_POLL_S: Final = 5.0
 
@@ -135,6 +139,7 @@ def start_backfill(
     api_config: Mapping[str, Any],
     options: Mapping[str, Any] | None = None,
     name: str | None = None,
+    max_items_per_batch: int | None = None,
     sfn_client: Any = None,
 ) -> str:
     """Start one execution of the backfill state machine over an uploaded plan.
@@ -149,6 +154,8 @@ def start_backfill(
         options: The event's ``options`` (DESIGN §4); ``None`` means the defaults.
         name: Execution name, which also becomes every batch's ``request_id``; by
             default ``backfill-<source_id>-<UTC timestamp>-<4 hex>``.
+        max_items_per_batch: Plan items per Lambda invocation; by default the stack's
+            ``MaxItemsPerPackedBatch`` when ``options`` has ``pack``, else ``MaxItemsPerBatch``.
         sfn_client: A boto3 Step Functions client; by default one is made for the
             state machine's region.
 
@@ -165,9 +172,16 @@ def start_backfill(
         raise InvalidEventError(
             [("name", "must be 1-80 of A-Z a-z 0-9 _ . -, starting with a letter or digit")]
         )
-    payload = _dumps(
-        {"plan": {"bucket": bucket, "key": key}, "api_config": api_config, "options": options or {}}
-    )
+    if max_items_per_batch is not None and not 1 <= max_items_per_batch <= MAX_ITEMS_PER_BATCH:
+        raise InvalidEventError([("max_items_per_batch", f"must be 1 to {MAX_ITEMS_PER_BATCH}")])
+    execution_input: dict[str, Any] = {
+        "plan": {"bucket": bucket, "key": key},
+        "api_config": api_config,
+        "options": options or {},
+    }
+    if max_items_per_batch is not None:
+        execution_input["max_items_per_batch"] = max_items_per_batch
+    payload = _dumps(execution_input)
     if len(payload) > MAX_EXECUTION_INPUT_BYTES:
         raise InvalidEventError([("api_config", "execution input is over 256 KiB")])
     with _client("stepfunctions", sfn_client, region=_arn_region(state_machine_arn)) as sfn:

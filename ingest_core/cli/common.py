@@ -208,6 +208,14 @@ def header_pair(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """An integer >= 0."""
     try:

@@ -36,6 +36,7 @@ LIBRARY_FIELD_FLAGS = {
     "plan_uri": "--plan",
     "api_config": "--api-config",
     "options": "--options",
+    "max_items_per_batch": "--max-items-per-batch",
 }
 COUNT_FIELDS = ("succeeded", "failed", "running", "pending", "timedOut", "aborted", "total")
 
@@ -66,6 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a JSON file holding the event's api_config",
     )
     parser.add_argument("--options", metavar="FILE", help="a JSON file holding the event's options")
+    parser.add_argument(
+        "--max-items-per-batch",
+        type=int,
+        metavar="N",
+        help="plan items per Lambda invocation (default: the stack's MaxItemsPerPackedBatch"
+        " when the options pack, else MaxItemsPerBatch); with packing it decides how many"
+        " objects the backfill writes",
+    )
     parser.add_argument(
         "--name",
         metavar="NAME",
@@ -134,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
                 api_config=api_config,
                 options=options,
                 name=args.name,
+                max_items_per_batch=args.max_items_per_batch,
             )
     except InvalidEventError as exc:
         raise _library_usage_error(exc) from None

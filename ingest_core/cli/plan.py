@@ -29,6 +29,7 @@ from ingest_core.cli.common import (
     flag_for_date_problem,
     key_value,
     non_negative_int,
+    positive_int,
     resolve_bounds,
     utc_now,
 )
@@ -98,6 +99,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--upload",
         metavar="s3://BUCKET/KEY",
         help="upload the plan to S3 for the state machine's ItemReader",
+    )
+    parser.add_argument(
+        "--max-items-per-batch",
+        type=positive_int,
+        metavar="N",
+        help="print (on stderr) the batches and objects a backfill in batches of N makes",
+    )
+    parser.add_argument(
+        "--pack",
+        action="store_true",
+        help="... for a packed backfill (default batch size: the stack's MaxItemsPerPackedBatch)",
+    )
+
+
+def batches_line(count: int, batch_size: int | None, *, pack: bool) -> str:
+    """How many batches and S3 objects a backfill of ``count`` items makes."""
+    from ingest_core.stepfunctions import DEFAULT_ITEMS_PER_BATCH, DEFAULT_ITEMS_PER_PACKED_BATCH
+
+    size = batch_size or (DEFAULT_ITEMS_PER_PACKED_BATCH if pack else DEFAULT_ITEMS_PER_BATCH)
+    batches = -(-count // size)
+    objects = f"~{batches:,} pack objects" if pack else f"{count:,} objects"
+    return (
+        f"{PROG} plan: {count:,} items in {batches:,} batches of up to {size:,}:"
+        f" {objects} and {batches:,} manifests"
+        f" (launch --max-items-per-batch {size})"
     )
 
 
@@ -189,6 +215,8 @@ def upload_target(uri: str, *, jsonl: bool) -> tuple[str, bool]:
 def run(args: argparse.Namespace) -> int:
     """Write (and/or upload) the plan; returns the exit code."""
     items, count = plan_items(args)
+    if args.max_items_per_batch is not None or args.pack:
+        print(batches_line(count, args.max_items_per_batch, pack=args.pack), file=sys.stderr)
     upload = upload_target(args.upload, jsonl=args.jsonl) if args.upload else None
     if args.out is not None:
         write_plan_file(args.out, items(), jsonl=args.jsonl)

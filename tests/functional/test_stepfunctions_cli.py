@@ -293,6 +293,8 @@ def test_start_backfill_uses_the_given_name_and_default_options(aws: Aws) -> Non
         ({"name": "colon:is-not-allowed"}, "name"),
         ({"plan_uri": "https://example.com/plan.json"}, "plan_uri"),
         ({"api_config": {**API_CONFIG, "headers": {"X-Pad": "x" * 300_000}}}, "api_config"),
+        ({"max_items_per_batch": 0}, "max_items_per_batch"),
+        ({"max_items_per_batch": 100_001}, "max_items_per_batch"),
     ],
 )
 def test_start_backfill_refuses_bad_input_before_calling_aws(
@@ -397,9 +399,11 @@ def _probe_definition() -> str:
     would read and hand to each batch: the same ItemReader Parameters and BatchInput
     templates, evaluated by moto's interpreter (it cannot run a Distributed Map)."""
     text = ASL_PATH.read_text()
-    # Values do not matter here: every placeholder sits inside the replaced Map states.
+    # Values do not matter here except the batch sizes (the other placeholders sit inside
+    # the replaced Map states).
     text = re.sub(r'"\$\{(\w+)\}"', r'"placeholder-\1"', text)
-    definition = json.loads(re.sub(r"\$\{(\w+)\}", "1", text))
+    numbers = {"MaxItemsPerBatch": "100", "MaxItemsPerPackedBatch": "2500"}
+    definition = json.loads(re.sub(r"\$\{(\w+)\}", lambda m: numbers.get(m[1], "1"), text))
     states = definition["States"]
     for name, state in list(states.items()):
         if state["Type"] == "Map":
@@ -410,6 +414,7 @@ def _probe_definition() -> str:
                     "input_type": state["ItemReader"]["ReaderConfig"]["InputType"],
                     "reader": state["ItemReader"]["Parameters"],
                     "batch_input": state["ItemBatcher"]["BatchInput"],
+                    "max_items_per_batch.$": state["ItemBatcher"]["MaxItemsPerBatchPath"],
                 },
                 "End": True,
             }
@@ -460,6 +465,34 @@ def test_each_batch_gets_an_event_the_handler_accepts(
     assert job.request_id == final["name"]
     assert job.options.fail_on_error is True
     assert [item.index for item in job.items()] == [17]
+
+
+@pytest.mark.parametrize(
+    ("options", "given", "expected"),
+    [
+        ({"concurrency": 8}, None, 100),
+        ({"pack": {"unit": "record"}}, None, 2500),
+        ({"pack": {"unit": "record"}}, 700, 700),
+    ],
+    ids=["plain-default", "packed-default", "given"],
+)
+def test_the_batch_size_is_given_or_defaults_by_whether_the_run_packs(
+    executing_moto: Aws, options: dict[str, Any], given: int | None, expected: int
+) -> None:
+    # GIVEN the real definition (MaxItemsPerBatch 100, MaxItemsPerPackedBatch 2500)
+    arn = executing_moto.create_state_machine(_probe_definition())
+    # WHEN a backfill is launched with or without packing and --max-items-per-batch
+    execution_arn = start_backfill(
+        arn,
+        plan_uri=f"s3://{BUCKET}/_plans/p.jsonl",
+        api_config=API_CONFIG,
+        options=options,
+        max_items_per_batch=given,
+    )
+    final = watch_execution(execution_arn, poll_s=0.05, max_polls=200)
+    # THEN the Map batches by the given size, else by the packed or the plain default
+    assert final["status"] == "SUCCEEDED", final
+    assert final["output"]["max_items_per_batch"] == expected
 
 
 @pytest.mark.parametrize(

@@ -367,6 +367,8 @@ def test_numeric_substitutions_come_from_bounded_parameters() -> None:
     # THEN each is a Number whose bounds Step Functions accepts
     bounds = {
         "MaxItemsPerBatch": (1, None),
+        "MaxItemsPerPackedBatch": (1, None),
+        "MaxInputBytesPerBatch": (1, 256 * 1024),
         "MaxConcurrency": (1, 10_000),
         "ToleratedFailurePercentage": (0, 100),
     }
@@ -412,7 +414,13 @@ def test_the_raw_definition_is_a_template_only_for_numbers() -> None:
 
     # THEN only the numeric placeholders stand unquoted (the rest are JSON strings)
     unquoted = set(re.findall(r'(?<!")\$\{([A-Za-z0-9_]+)\}(?!")', text))
-    assert unquoted == {"MaxItemsPerBatch", "MaxConcurrency", "ToleratedFailurePercentage"}
+    assert unquoted == {
+        "MaxItemsPerBatch",
+        "MaxItemsPerPackedBatch",
+        "MaxInputBytesPerBatch",
+        "MaxConcurrency",
+        "ToleratedFailurePercentage",
+    }
 
 
 # ------------------------------------------------------------------- the Distributed Map itself
@@ -461,8 +469,10 @@ def test_the_two_maps_differ_only_in_what_they_must() -> None:
 def test_batches_carry_the_config_and_a_stable_request_id() -> None:
     for state in _map_states().values():
         batcher = state["ItemBatcher"]
-        # MaxItemsPerBatch is the template parameter, substituted as a number
-        assert batcher["MaxItemsPerBatch"] == int(substitutions()["MaxItemsPerBatch"])
+        # The batch size comes from the Map's input (below); the bytes cap is a parameter
+        assert batcher["MaxItemsPerBatchPath"] == "$.max_items_per_batch"
+        assert batcher["MaxInputBytesPerBatch"] == int(substitutions()["MaxInputBytesPerBatch"])
+        assert batcher["MaxInputBytesPerBatch"] <= 256 * 1024
         # request_id is the execution name: unchanged when a batch is retried or redriven
         assert batcher["BatchInput"] == {
             "api_config.$": "$.api_config",
@@ -588,3 +598,29 @@ def test_an_incremental_event_for_the_schedule_parses() -> None:
     assert "request_id" not in event
     assert job.date_range is not None and job.date_range.incremental
     assert job.request_id == "scheduled-1"
+
+
+def test_the_batch_size_is_given_or_defaults_by_whether_the_run_packs() -> None:
+    # GIVEN the states between the input check and the Map input
+    states = definition()["States"]
+    values = substitutions()
+    choice = states["ChooseBatchSize"]
+    # THEN an explicit max_items_per_batch wins, a packed run takes the packed default,
+    # and any other run the plain one; the Map input carries the choice
+    given, packed = choice["Choices"]
+    assert given == {
+        "Variable": "$.max_items_per_batch",
+        "IsPresent": True,
+        "Next": "BuildMapInput",
+    }
+    assert packed["Variable"] == "$.options.pack" and packed["IsPresent"] is True
+    assert states[packed["Next"]]["Result"] == int(values["MaxItemsPerPackedBatch"])
+    assert states[choice["Default"]]["Result"] == int(values["MaxItemsPerBatch"])
+    for name in (packed["Next"], choice["Default"]):
+        assert states[name]["ResultPath"] == "$.max_items_per_batch"
+        assert states[name]["Next"] == "BuildMapInput"
+    assert states["ForceFailOnError"]["Next"] == "ChooseBatchSize"
+    parameters = states["BuildMapInput"]["Parameters"]
+    assert parameters["max_items_per_batch.$"] == "$.max_items_per_batch"
+    # AND the packed default is larger: it decides how many objects a backfill writes
+    assert int(values["MaxItemsPerPackedBatch"]) > int(values["MaxItemsPerBatch"])
