@@ -12,10 +12,10 @@ interpreter below; then ``lambda_handler`` on every batch against a local API an
 The interpreter implements only what the definition uses: JSONPath ``$``, ``$.a.b`` and
 ``$$.a.b``; the intrinsic ``States.JsonMerge(a, b, false)``; Pass (Parameters, Result,
 ResultPath), Choice (IsPresent, StringEquals, StringMatches, And, Or, Not) and Fail
-states; an S3 ItemReader of JSON or JSONL; an ItemBatcher with MaxItemsPerBatch and
-BatchInput; one ``lambda:invoke`` Task per batch. Anything else raises
-``NotImplementedError`` naming it, so a change to the definition cannot slip past
-unevaluated.
+states; an S3 ItemReader of JSON or JSONL; an ItemBatcher with MaxItemsPerBatch (or
+MaxItemsPerBatchPath), MaxInputBytesPerBatch and BatchInput; one ``lambda:invoke``
+Task per batch. Anything else raises ``NotImplementedError`` naming it, so a change
+to the definition cannot slip past unevaluated.
 """
 
 from __future__ import annotations
@@ -299,15 +299,31 @@ def make_batches(
 ) -> list[dict[str, Any]]:
     """What the ItemBatcher makes: ``{"BatchInput": ..., "Items": [...]}`` per batch."""
     batcher = map_state["ItemBatcher"]
-    unknown = set(batcher) - {"MaxItemsPerBatch", "BatchInput"}
+    known = {"MaxItemsPerBatch", "MaxItemsPerBatchPath", "MaxInputBytesPerBatch", "BatchInput"}
+    unknown = set(batcher) - known
     if unknown:
         raise NotImplementedError(f"ItemBatcher fields {sorted(unknown)}")
-    size = batcher["MaxItemsPerBatch"]
+    if "MaxItemsPerBatchPath" in batcher:
+        size = read_path(batcher["MaxItemsPerBatchPath"], data, ctx)
+    else:
+        size = batcher["MaxItemsPerBatch"]
     assert isinstance(size, int) and size >= 1, size
+    max_bytes = batcher.get("MaxInputBytesPerBatch")
     batch_input = apply_template(batcher.get("BatchInput", {}), data, ctx)
+    batches: list[list[Any]] = [[]]
+    used = 0
+    for item in items:
+        # Approximated as the items' compact JSON; Step Functions cuts a batch short rather
+        # than go over MaxInputBytesPerBatch.
+        nbytes = len(json.dumps(item, separators=(",", ":"))) + 1
+        full = len(batches[-1]) >= size or (max_bytes is not None and used + nbytes > max_bytes)
+        if full and batches[-1]:
+            batches.append([])
+            used = 0
+        batches[-1].append(item)
+        used += nbytes
     return [
-        {"BatchInput": copy.deepcopy(batch_input), "Items": items[start : start + size]}
-        for start in range(0, len(items), size)
+        {"BatchInput": copy.deepcopy(batch_input), "Items": batch} for batch in batches if batch
     ]
 
 
