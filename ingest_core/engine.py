@@ -619,8 +619,10 @@ async def _finish(
     stored_key: str | None = None
     if write_manifest:
         key = manifest_key_for(run.job, *span, prefix=manifest_prefix)
-        # The manifest may use the whole margin: the items are done with it by now.
-        end = float("inf") if run.deadline is None else run.deadline
+        # The manifest's retries may use the margin the items left, but a quarter of
+        # it stays for returning the result.
+        quarter = run.job.options.deadline_margin_s / 4
+        end = float("inf") if run.deadline is None else run.deadline - quarter
         try:
             with write_scope(run.s3_retry(deadline=end)):
                 await run.writer.put_file(key, run.tally.manifest_path(), MANIFEST_CONTENT_TYPE)

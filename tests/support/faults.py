@@ -488,6 +488,8 @@ class S3FaultProxy:
         self._upstream = self._upstream.rstrip("/")
         self._lock = threading.Lock()
         self._faults: dict[str, deque[_Injection]] = {}
+        self._rates: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._random = random.Random(0)
         self._calls: list[tuple[str, int]] = []
         self._fired: list[tuple[str, str]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -545,6 +547,24 @@ class S3FaultProxy:
         with self._lock:
             self._faults.setdefault(operation, deque()).append(_Injection(fault, times))
 
+    def fail_at_rate(
+        self, operations: list[str], rate: float, faults: tuple[str, ...], *, seed: int = 0
+    ) -> None:
+        """Answer a random share ``rate`` of the calls of ``operations`` with one of ``faults``.
+
+        A sustained fault rate, as a throttling S3 gives, on top of any queued
+        ``inject``; ``rate=0`` turns it off. Seeded, so a failing run can be replayed.
+        """
+        for operation in operations:
+            if operation not in S3_OPERATIONS:
+                raise ValueError(f"unknown S3 operation {operation!r}")
+        if not set(faults) <= FAULTS or not 0 <= rate <= 1:
+            raise ValueError(f"faults must be some of {sorted(FAULTS)} and 0 <= rate <= 1")
+        with self._lock:
+            self._random = random.Random(seed)
+            for operation in operations:
+                self._rates[operation] = (rate, faults)
+
     def pending(self) -> dict[str, int]:
         """Faults not yet fired, per operation."""
         with self._lock:
@@ -554,6 +574,7 @@ class S3FaultProxy:
         """Forget injected faults and recorded calls."""
         with self._lock:
             self._faults.clear()
+            self._rates.clear()
             self._calls.clear()
             self._fired.clear()
 
@@ -600,6 +621,11 @@ class S3FaultProxy:
                         queue.popleft()
                     self._fired.append((operation, injection.fault))
                     return injection.fault
+            rate, faults = self._rates.get(operation, (0.0, ()))
+            if rate and self._random.random() < rate:
+                fault = self._random.choice(faults)
+                self._fired.append((operation, fault))
+                return fault
         return None
 
     def _record(self, operation: str, status: int) -> None:
@@ -655,3 +681,60 @@ def _mirror(request: web.Request, upstream: aiohttp.ClientResponse, payload: byt
         if name.lower() not in _HOP_BY_HOP or (keep_length and name.lower() == "content-length")
     )
     return web.Response(status=upstream.status, body=payload, headers=headers)
+
+
+# --------------------------------------------------------------------------- RateLimitedAPI
+
+
+class RateLimitedAPI(RecordingApp):
+    """An API with a server-side token bucket, as a rate-limited real API has.
+
+    ``rate_per_s`` tokens a second, at most ``capacity`` held (one second's worth
+    by default). A request that finds a token is answered 200 after ``delay_s``
+    (``default_body`` of its query); one that finds none is answered at once
+    with 429 and ``Retry-After: retry_after``. ``admitted`` and ``rejected`` count
+    them.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        *,
+        capacity: float | None = None,
+        delay_s: float = 0.1,
+        retry_after: str = "1",
+    ) -> None:
+        super().__init__()
+        self.rate, self.capacity = rate_per_s, capacity if capacity is not None else rate_per_s
+        self.delay_s, self.retry_after = delay_s, retry_after
+        self._tokens = self.capacity
+        self._updated = time.monotonic()
+        self.admitted = 0
+        self.rejected = 0
+        self._app = web.Application()
+        self._app.router.add_get("/{tail:.*}", self._handle)
+
+    @property
+    def app(self) -> web.Application:
+        return self._app
+
+    def _take(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                self.admitted += 1
+                return True
+            self.rejected += 1
+            return False
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self._record(request, request.path)
+        if not self._take():
+            response = _json(429, {"error": "rate limited"})
+            response.headers["Retry-After"] = self.retry_after
+            return response
+        await asyncio.sleep(self.delay_s)
+        return _ok(request)

@@ -1,0 +1,148 @@
+"""Throttling that adapts (DESIGN §14, issue 11), against real local servers.
+
+S3 side: ``S3FaultProxy`` between the handler and moto answers a sustained share
+of PutObject, UploadPart and CompleteMultipartUpload calls with SlowDown or a
+dropped connection, or every call (an S3 that never recovers). API side:
+``RateLimitedAPI`` has a server-side token bucket and answers 429 with
+``Retry-After`` beyond it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from handler.app import lambda_handler
+from tests.conftest import RAW_BUCKET
+from tests.support.faults import FaultyAPI, RateLimitedAPI, S3FaultProxy, expected_bytes
+from tests.support.lambda_context import LocalContext
+from tests.support.reliability import assert_s3_outcome, event_for, served_body
+from tests.support.servers import MotoS3
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("allow_private")]
+
+MiB = 1024 * 1024
+WRITE_OPERATIONS = ["PutObject", "UploadPart", "CompleteMultipartUpload"]
+SMALL, BIG = 20 * 1024, 11 * MiB  # one PUT; three parts of 5 + 5 + 1 MiB
+
+
+def run(event: dict[str, Any], timeout_s: float = 100) -> tuple[dict[str, Any], LocalContext]:
+    context = LocalContext(timeout_s=timeout_s)
+    return lambda_handler(event, context), context
+
+
+def manifest_lines(s3: MotoS3, result: dict[str, Any]) -> list[dict[str, Any]]:
+    body = s3.get_bytes(RAW_BUCKET, result["manifest_key"])
+    return [orjson.loads(line) for line in body.splitlines()]
+
+
+def bytes_batch(sizes: list[int]) -> list[dict[str, Any]]:
+    return [{"key": f"b{i}", "size": size, "seed": i} for i, size in enumerate(sizes)]
+
+
+def test_under_a_sustained_s3_fault_rate_every_item_lands_byte_identical(
+    s3: MotoS3, s3_proxy: S3FaultProxy, faulty_api: tuple[FaultyAPI, str], put_path: str
+) -> None:
+    # GIVEN 30 single-PUT bodies and 2 multipart ones, and S3 answering 30% of PUTs,
+    # parts and Completes with SlowDown or a dropped connection
+    api, url = faulty_api
+    sizes = [SMALL] * 30 + [BIG] * 2
+    batch = bytes_batch(sizes)
+    s3_proxy.fail_at_rate(WRITE_OPERATIONS, 0.3, ("slowdown", "drop_connection"), seed=11)
+    options = {"part_size_mb": 5, "memory_budget_mb": 32, "expect_json": False}
+    # WHEN the handler ingests them
+    result, context = run(event_for(f"{url}/bytes", batch=batch, options=options))
+    # THEN every item landed with exactly the served bytes, no upload left open
+    assert result["status"] == "SUCCESS", result["failures"]
+    bodies = {i: expected_bytes(size, i) for i, size in enumerate(sizes)}
+    assert_s3_outcome(s3, result, bodies, context=context)
+    # AND the fault rate was what we asked for, and every fault reached each operation
+    calls = [op for op, _ in s3_proxy.calls if op in WRITE_OPERATIONS]
+    fired = s3_proxy.fired
+    assert 0.2 <= len(fired) / len(calls) <= 0.4, (len(fired), len(calls))
+    assert {op for op, _ in fired} == set(WRITE_OPERATIONS), fired
+    # AND the S3 retries are visible: in the result, per item in the manifest
+    slowdowns = sum(1 for _, fault in fired if fault == "slowdown")
+    assert 0 < result["throttled"] <= slowdowns
+    assert result["retries"] >= result["throttled"]
+    lines = manifest_lines(s3, result)
+    assert max(line["s3_attempts"] for line in lines) > 1
+    assert all(line["s3_attempts"] >= 1 for line in lines)
+    assert all(hits == 1 for hits in api.hits.values())  # nothing fetched twice
+
+
+@pytest.mark.parametrize("size", [SMALL, BIG], ids=["put", "multipart"])
+def test_an_s3_that_never_recovers_fails_items_at_s3_max_attempts(
+    s3: MotoS3, s3_proxy: S3FaultProxy, faulty_api: tuple[FaultyAPI, str], size: int
+) -> None:
+    # GIVEN S3 answering every write with SlowDown, and s3_max_attempts 4
+    _, url = faulty_api
+    s3_proxy.fail_at_rate(WRITE_OPERATIONS, 1.0, ("slowdown",))
+    options = {"part_size_mb": 5, "expect_json": False, "s3_max_attempts": 4}
+    batch = bytes_batch([size] * 2)
+    # WHEN the handler ingests two items
+    result, context = run(event_for(f"{url}/bytes", batch=batch, options=options))
+    # THEN both failed on the S3 side after exactly 4 attempts, saying so; nothing kept
+    assert (result["status"], result["failed"]) == ("FAILED", 2)
+    for failure in result["failures"]:
+        assert (failure["kind"], failure["side"], failure["attempts"]) == ("s3_error", "s3", 1)
+        assert failure["s3_attempts"] == 4
+        assert "SlowDown" in failure["error"]
+        assert "after 4 attempts (s3_max_attempts reached)" in failure["error"]
+    assert result["throttled"] == 8
+    assert result["retries"] == 6
+    assert_s3_outcome(s3, result, {0: b"", 1: b""}, context=context)
+
+
+def test_an_s3_that_never_recovers_fails_items_at_the_deadline(
+    s3: MotoS3, s3_proxy: S3FaultProxy, faulty_api: tuple[FaultyAPI, str]
+) -> None:
+    # GIVEN S3 answering every PUT with SlowDown, patience far beyond the time left
+    # (8 s on the Lambda clock, 5 s margin: items must be over by 5.5 s)
+    _, url = faulty_api
+    s3_proxy.fail_at_rate(["PutObject"], 1.0, ("slowdown",))
+    options = {"expect_json": False, "s3_max_attempts": 50}
+    # WHEN the handler ingests three items
+    started = time.monotonic()
+    result, context = run(
+        event_for(f"{url}/bytes", batch=bytes_batch([SMALL] * 3), options=options), timeout_s=8
+    )
+    # THEN it returned in time, and the items failed on the S3 side at the deadline
+    assert time.monotonic() - started < 8
+    assert result["succeeded"] == 0
+    by_kind = {f["kind"] for f in result["failures"]}
+    assert "s3_error" in by_kind and by_kind <= {"s3_error", "deadline"}, result["failures"]
+    for failure in result["failures"]:
+        if failure["kind"] == "s3_error":
+            assert failure["side"] == "s3" and 1 < failure["s3_attempts"] < 50
+            assert "the deadline leaves no time for another" in failure["error"]
+    assert_s3_outcome(s3, result, {0: b"", 1: b"", 2: b""}, context=context)
+
+
+@pytest.mark.timeout(180)
+def test_a_rate_limited_api_is_respected(s3: MotoS3, api_server: Any) -> None:
+    # GIVEN an API admitting 20 requests a second (a bucket of 20), answering admitted
+    # ones after 100 ms and the others 429 with Retry-After: 1; 100 items at c=32
+    batch = [{"date": f"d{i}"} for i in range(100)]
+    options = {"concurrency": 32, "max_attempts": 10}
+    counts = {}
+    for adaptive in (True, False):
+        api = RateLimitedAPI(20, delay_s=0.1, retry_after="1")
+        url = api_server(api).url
+        event = event_for(f"{url}/v1/data", batch=batch, options={**options, "adaptive": adaptive})
+        # WHEN the handler ingests them, adaptive and not
+        result, _ = run(event)
+        assert result["status"] == "SUCCESS", result["failures"]
+        assert result["throttled"] == api.rejected
+        counts[adaptive] = api.rejected
+        if adaptive:
+            assert_s3_outcome(s3, result, {i: served_body(p) for i, p in enumerate(batch)})
+        s3.reset()
+        s3.create_bucket(RAW_BUCKET)
+    # THEN adaptive, few requests are refused: at most 25% of the items, and at most
+    # half of what a fixed concurrency draws
+    assert counts[True] <= 25, counts
+    assert counts[True] * 2 <= counts[False], counts
