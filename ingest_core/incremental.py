@@ -95,9 +95,13 @@ class PrefixTracker:
             self.next_index += 1
 
 
-async def run_incremental(job: Job, store: StateStore, run: RunFn) -> RunOutcome:
+async def run_incremental(
+    job: Job, store: StateStore, run: RunFn, *, on_plan: Callable[[Job], None] | None = None
+) -> RunOutcome:
     """Run the part of ``job``'s range after the watermark, then advance it.
 
+    ``on_plan`` is told the job that will actually run (a progress display's
+    total) before it starts, or an empty one when there is nothing new.
     The result gains an ``incremental`` block: the state object, the watermark
     before and after, the first date fetched, and whether there was nothing new.
 
@@ -122,9 +126,13 @@ async def run_incremental(job: Job, store: StateStore, run: RunFn) -> RunOutcome
             watermark=before,
         )
     if skip >= job.requested:
+        if on_plan is not None:
+            on_plan(dataclasses.replace(job, requested=0, plan=lambda: iter(())))
         log.info("nothing new: the watermark %s covers the range", before, extra={"state": where})
         return _nothing_new(job, _info(where, before, before, first=None))
     todo = skip_items(job, skip) if skip else job
+    if on_plan is not None:
+        on_plan(todo)
     first = next(todo.items()).params[date_range.param]
     tracker = PrefixTracker(todo.index_offset, date_range.param)
     outcome = await run(todo, tracker.on_item)

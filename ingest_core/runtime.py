@@ -10,7 +10,7 @@ event's ``concurrency``, so they are made per run.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -149,12 +149,13 @@ async def execute(
     manifest_prefix: str = "",
     pool: S3ClientPool | None = None,
     state_store: StateStore | None = None,
+    on_plan: Callable[[Job], None] | None = None,
 ) -> RunOutcome:
     """Run ``job`` against S3 (its ``raw_bucket``), a local folder, or a given writer.
 
     With ``pool``, S3 clients outlive the run (the Lambda handler's warm path).
     An incremental ``date_range`` keeps its watermark beside the objects (or in
-    ``state_store``) and runs only what lies after it.
+    ``state_store``) and runs only what lies after it; ``on_plan`` is told that job.
     """
     settings = settings or Settings.from_env()
     kwargs: dict[str, Any] = dict(
@@ -172,7 +173,7 @@ async def execute(
         if not is_incremental(job):
             return await run(job)
         store = state_store or store_for(target, job, manifest_prefix)
-        return await run_incremental(job, store, run)
+        return await run_incremental(job, store, run, on_plan=on_plan)
 
 
 @asynccontextmanager

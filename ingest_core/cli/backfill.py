@@ -498,6 +498,7 @@ async def _execute(
             stop=stop,
             local_dir=prepared.dest.folder,
             manifest_prefix=prepared.dest.prefix,
+            on_plan=lambda todo: progress.set_total(todo.requested),
         )
     return outcome, stop.is_set()
 

@@ -512,6 +512,16 @@ class ProgressDisplay:
         self._task_id: Any = None
         self._ticker: asyncio.Task[None] | None = None
 
+    def set_total(self, total: int) -> None:
+        """Change the number of items (an incremental run that skips what already landed)."""
+        if total == self.counts.total:
+            return
+        self.counts.total = total
+        if self._bar is not None:
+            self._bar.update(self._task_id, total=total)
+        elif self._mode == "plain":
+            print(f"{self._label}: {total} items after the watermark", file=self._stream)
+
     def on_item(self, result: ItemResult) -> None:
         """The engine's ``on_item`` callback."""
         self.counts.add(result)

@@ -69,9 +69,13 @@ def test_daily_incremental_backfill_over_a_month_end(
     assert api.hits == Counter({feb(d): 1 for d in range(24, 29)})
     assert "watermark: (none) -> 2025-02-25" in capsys.readouterr().out
     # WHEN it runs again THEN it starts at the 26th: nothing before it is fetched again
-    assert main(args) == 0
+    assert main([*args, "--progress", "plain"]) == 0
     assert api.hits == Counter({feb(24): 1, feb(25): 1, feb(26): 2, feb(27): 2, feb(28): 2})
-    assert "watermark: 2025-02-25 -> 2025-02-28" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "watermark: 2025-02-25 -> 2025-02-28" in out
+    # AND its progress counts the 3 days after the watermark, not the 5 of the range
+    assert "backfill: 3 items after the watermark" in err
+    assert "backfill: 3/3 (100.0%)" in err
     # WHEN it runs a third time the same day THEN nothing new, and no request
     assert main(args) == 0
     assert sum(api.hits.values()) == 8
