@@ -13,7 +13,9 @@ manifest file, whose objects are found in the folder the run wrote to.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, closing
@@ -43,6 +45,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
+    try:
+        return _show(args, out)
+    except BrokenPipeError:
+        # The reader went away (| head): keep Python from complaining at exit.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _show(args: argparse.Namespace, out: IO[str]) -> int:
     store = _store_for(args.manifest)
     entry = _manifest_entry(store.manifest_lines(), args.index, args.manifest)
     key = entry.get("key")
