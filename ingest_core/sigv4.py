@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
+from yarl import URL
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "s3"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -83,6 +85,18 @@ def sign_put(
         f"SignedHeaders={signed_names}, Signature={signature}"
     )
     return signed
+
+
+def host_header(url: str) -> str:
+    """The ``Host`` header aiohttp sends for ``url``, which the signature must cover.
+
+    IPv6 literals keep their brackets (``[::1]:9000``); the port is left out
+    when it is the scheme's default, as aiohttp and botocore both do.
+    """
+    host = URL(url).host_port_subcomponent
+    if host is None:
+        raise ValueError("the S3 endpoint URL has no host")
+    return host
 
 
 @lru_cache(maxsize=4)

@@ -39,7 +39,7 @@ from yarl import URL
 
 from ingest_core.errors import S3WriteError
 from ingest_core.s3retry import current as s3_retry
-from ingest_core.sigv4 import sign_put
+from ingest_core.sigv4 import host_header, sign_put
 
 SMALL_BODY = 256 * 1024
 FILE_PART_SIZE = 8 * 1024 * 1024
@@ -186,11 +186,7 @@ class S3Writer:
         self.lean = credentials is not None and http is not None
         self._region = client.meta.region_name or "us-east-1"
         self._base = _object_base_url(endpoint_url, bucket, self._region)
-        base = URL(self._base)
-        # The Host header aiohttp will send, which the signature must cover.
-        self._host = (
-            f"{base.raw_host}" if base.is_default_port() else f"{base.raw_host}:{base.port}"
-        )
+        self._host = host_header(self._base)
 
     @property
     def client(self) -> Any:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+import aiohttp
 import botocore.auth
 import botocore.config
 import pytest
@@ -13,8 +15,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
-from ingest_core.sigv4 import UNSIGNED_PAYLOAD, Credentials, sign_put
+from ingest_core.sigv4 import UNSIGNED_PAYLOAD, Credentials, host_header, sign_put
 
 NOW = datetime(2025, 2, 23, 12, 34, 56, tzinfo=UTC)
 
@@ -133,3 +136,38 @@ def test_clock_stamp_is_the_current_utc_second() -> None:
     )
     after = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     assert before <= headers["x-amz-date"] <= after
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://[::1]:9000",
+        "http://[::1]",
+        "https://[2001:db8::5]:8443",
+        "http://127.0.0.1:9000",
+        "https://s3.eu-west-1.amazonaws.com",
+    ],
+)
+async def test_the_signed_host_is_the_host_aiohttp_sends(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str
+) -> None:
+    # GIVEN a PUT under an S3 endpoint, an IPv6 literal among them
+    url = f"{endpoint}/raw-bucket/src/k.json"
+    creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    headers = {"Content-Type": "application/json", "Content-MD5": "1B2M2Y8AsgTpgAmY7PhCfg=="}
+    # WHEN the lean path picks the host to sign
+    host = host_header(url)
+    # THEN it is the Host header aiohttp sends ([::1]:9000, not ::1:9000)
+    sent = aiohttp.ClientRequest("PUT", URL(url), loop=asyncio.get_running_loop())
+    assert host == sent.headers["Host"]
+    # AND the signature is botocore's for the same URL
+    ours = sign_put(
+        host=host,
+        path="/raw-bucket/src/k.json",
+        region="eu-west-1",
+        credentials=creds,
+        headers=headers,
+        now=NOW,
+    )
+    theirs = botocore_headers(url, headers, b"[1]", creds, monkeypatch, sign_payload=False)
+    assert ours["authorization"] == theirs["authorization"]
