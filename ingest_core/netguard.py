@@ -15,6 +15,9 @@ dots), so IP literals would slip past ``GuardedResolver``; that is why
 "IP addresses" to aiohttp and do reach the resolver, where ``getaddrinfo`` turns
 them into ``127.0.0.1``; both layers refuse them.
 
+Cloud metadata addresses (``METADATA_ADDRESSES``) are refused by both layers
+even when ``FANOUT_ALLOW_PRIVATE_NETWORKS`` is on.
+
 These checks guard the API side only: the S3 endpoint the operator configured
 is trusted and never passes through here. ``NetPolicy.from_env`` is the one
 place that reads ``FANOUT_ALLOW_PRIVATE_NETWORKS``, ``FANOUT_ALLOWED_HOSTS`` and
@@ -27,7 +30,7 @@ import functools
 import os
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TypeAlias
@@ -108,6 +111,23 @@ _IPV6_RULES: tuple[tuple[IPv6Network, str], ...] = (
 )
 # Global unicast is allocated from 2000::/3 only; everything else is refused.
 _IPV6_GLOBAL_UNICAST = _V6("2000::/3")
+
+# Cloud metadata and credential services: refused even with
+# FANOUT_ALLOW_PRIVATE_NETWORKS=true, which is for a local API on a laptop, never
+# for the credentials of the machine itself. IPv6 spellings that embed one of the
+# IPv4 addresses (::ffff:169.254.169.254, 64:ff9b::a9fe:a9fe, ...) count too.
+METADATA_ADDRESSES: tuple[tuple[IPAddress, str], ...] = (
+    (IPv4Address("169.254.169.254"), "EC2/GCP/Azure/OCI/OpenStack/DigitalOcean instance metadata"),
+    (IPv4Address("169.254.170.2"), "ECS task metadata and credentials"),
+    (IPv4Address("169.254.170.23"), "EKS Pod Identity credentials"),
+    (IPv4Address("169.254.0.23"), "Tencent Cloud metadata"),
+    (IPv4Address("100.100.100.200"), "Alibaba Cloud metadata"),
+    (IPv4Address("192.0.0.192"), "Oracle Cloud Classic metadata"),
+    (IPv6Address("fd00:ec2::254"), "EC2 instance metadata (IPv6)"),
+    (IPv6Address("fd00:ec2::23"), "EKS Pod Identity credentials (IPv6)"),
+)
+_METADATA = dict(METADATA_ADDRESSES)
+_IPV4_COMPATIBLE = _V6("::/96")
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +360,8 @@ def check_url(url: str | yarl.URL, policy: NetPolicy) -> yarl.URL:
         raise BlockedError(f"host {host!r} is not in {ENV_ALLOWED_HOSTS}")
     if not policy.allow_private_networks:
         _check_literal_host(host)
+    else:
+        _check_metadata_literal(host)
     return parsed
 
 
@@ -390,6 +412,40 @@ def _check_literal_host(host: str) -> None:
     reason = None if ip is None else classify_address(ip)
     if reason is not None:
         raise BlockedError(f"host {host!r} is refused: {reason} address {ip}")
+
+
+def _check_metadata_literal(host: str) -> None:
+    ip = parse_ip_literal(host)
+    service = None if ip is None else metadata_service(ip)
+    if service is not None:
+        raise BlockedError(f"host {host!r} is refused: cloud metadata address {ip} ({service})")
+
+
+def metadata_service(ip: IPAddress) -> str | None:
+    """The cloud metadata service at ``ip`` (in any IPv6 spelling), or None.
+
+    Args:
+        ip: The address.
+
+    Returns:
+        A short name of the service, or None.
+    """
+    service = _METADATA.get(ip)
+    if service is not None or isinstance(ip, IPv4Address):
+        return service
+    for embedded in _embedded_candidates(ip):
+        service = _METADATA.get(embedded)
+        if service is not None:
+            return service
+    return None
+
+
+def _embedded_candidates(ip: IPv6Address) -> list[IPv4Address]:
+    candidates = [_embedded_ipv4(ip, 96)] if ip in _IPV4_COMPATIBLE else []
+    for network, _label, offsets in _EMBEDDING_RULES:
+        if ip in network:
+            candidates += [_embedded_ipv4(ip, o) for o in _embedding_offsets(ip, network, offsets)]
+    return candidates
 
 
 # --- buckets ----------------------------------------------------------------
@@ -473,19 +529,21 @@ class GuardedResolver(AbstractResolver):
             raise BlockedError(f"host {host!r} is not in {ENV_ALLOWED_HOSTS}")
         results = await self._inner.resolve(host, port, family)
         if self._policy.allow_private_networks:
-            return results
-        return _keep_allowed(host, results)
+            return _keep_allowed(host, results, _metadata_refusal)
+        return _keep_allowed(host, results, _address_refusal)
 
     async def close(self) -> None:
         """Close the inner resolver."""
         await self._inner.close()
 
 
-def _keep_allowed(host: str, results: list[ResolveResult]) -> list[ResolveResult]:
+def _keep_allowed(
+    host: str, results: list[ResolveResult], refusal: Callable[[str], str | None]
+) -> list[ResolveResult]:
     kept: list[ResolveResult] = []
     refused: list[tuple[str, str]] = []
     for result in results:
-        reason = _address_refusal(result["host"])
+        reason = refusal(result["host"])
         if reason is None:
             kept.append(result)
         else:
@@ -501,3 +559,11 @@ def _address_refusal(address: str) -> str | None:
     if ip is None:
         return "not an IP address"
     return classify_address(ip)
+
+
+def _metadata_refusal(address: str) -> str | None:
+    ip = parse_ip_literal(address)
+    if ip is None:
+        return "not an IP address"
+    service = metadata_service(ip)
+    return None if service is None else f"cloud metadata address ({service})"

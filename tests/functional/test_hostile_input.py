@@ -97,3 +97,28 @@ def test_an_unparsable_redirect_target_is_blocked_with_a_summary(
     assert (failure["kind"], failure["attempts"]) == ("blocked", 1)
     assert failure["error"] == "HTTP 302 redirect to a Location that is not a valid URL"
     assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://[::ffff:169.254.169.254]/latest/meta-data/",
+        "http://169.254.170.2/v2/credentials/x",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+    ],
+)
+def test_a_local_api_redirecting_to_cloud_metadata_is_blocked_under_the_flag(
+    s3: MotoS3, api_server: StartServer, location: str
+) -> None:
+    # GIVEN FANOUT_ALLOW_PRIVATE_NETWORKS=true (a local API) and that API answering 302
+    # to a metadata address, as a new user's test setup did
+    api = ScriptedAPI(default=Response(status=302, headers={"Location": location}))
+    url = api_server(api).url
+    # WHEN the item is ingested
+    result = run(event_for(f"{url}/v1", batch=[{"date": "d"}], options={"max_attempts": 3}))
+    # THEN the redirect is refused before any connection, once, naming the reason
+    [failure] = result["failures"]
+    assert (failure["kind"], failure["attempts"]) == ("blocked", 1)
+    assert "cloud metadata address" in failure["error"]
+    assert api.hits["d"] == 1
