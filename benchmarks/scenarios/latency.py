@@ -1,13 +1,18 @@
-"""T3: latency-bound throughput against the ideal wall time.
+"""T3: a latency-bound run finishes at the ideal wall time, as the raw floor does.
 
-The API answers after 100 ms; 2,000 items at concurrency 200 against
-ideal = items x latency / concurrency, with the S3 endpoint's PUT capacity
-(``raw_put``) and the raw floor measured in the same run.
+ideal = items x API latency / concurrency. The regime is found, not assumed: the
+raw floor runs at each candidate latency (1,000 items at c=100) from the shortest
+up, and the first where the floor itself finishes within 1.06x of the ideal is
+the latency-bound regime on this machine (below it, the two cores shared by
+client, API and S3 server are the limit, not the latency). There, fanout-ingest
+and the floor run back to back, ``bench.repeats`` times: ours must finish within
+1.10x of the ideal and 1.05x of the floor's wall time in the same repeat.
 """
 
 from __future__ import annotations
 
 import collections
+import statistics
 from typing import Any
 
 from benchmarks import report
@@ -15,53 +20,102 @@ from benchmarks.measure import SMALL_BODY_BYTES, Bench, ratio, status_cell, summ
 from benchmarks.report import Section, Table, Verdict
 from benchmarks.servers import ApiOptions, start_servers
 
-LATENCY_MS = 100
-ITEMS = 2_000
-QUICK_ITEMS = 2_000
-LATENCY_CONCURRENCY = 200
-T3_MAX_RATIO = 1.2
+ITEMS = 1_000
+CONCURRENCY = 100
+CANDIDATE_LATENCIES_MS = (100, 200, 300, 500)  # tried shortest first
+QUICK_CANDIDATE_LATENCIES_MS = (300,)
+FLOOR_MAX_RATIO = 1.06  # the regime: the raw floor within this of the ideal
+T3_MAX_VS_IDEAL = 1.10
+T3_MAX_VS_FLOOR = 1.05
+
+
+def _ideal_s(latency_ms: int) -> float:
+    return ITEMS * latency_ms / 1000 / CONCURRENCY
 
 
 def run(bench: Bench) -> Section:
-    """T3: 100 ms API latency, 2,000 items at concurrency 200 against the ideal time."""
-    items, c = bench.size(full=ITEMS, quick=QUICK_ITEMS), LATENCY_CONCURRENCY
-    ideal_s = items * LATENCY_MS / 1000 / c
+    """Find the latency-bound regime with the raw floor, then measure ours against both."""
+    candidates = bench.size(full=CANDIDATE_LATENCIES_MS, quick=QUICK_CANDIDATE_LATENCIES_MS)
+    search: list[tuple[int, dict[str, Any]]] = []
+    chosen = candidates[-1]
     records: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    with start_servers(
-        api=ApiOptions(latency_ms=LATENCY_MS, body_bytes=SMALL_BODY_BYTES),
-        s3=bench.s3(),
-        log_dir=bench.log_dir / "servers-latency",
-    ) as servers:
-        for _ in range(bench.repeats):
-            for impl in ("raw_put", "raw_floor", "fanout_ingest"):
-                if records[impl] and records[impl][-1]["status"] == "unavailable":
-                    continue
-                records[impl].append(
-                    bench.run(
-                        servers, impl, items=items, concurrency=c, body_bytes=SMALL_BODY_BYTES
+    for latency_ms in candidates:
+        with start_servers(
+            api=ApiOptions(latency_ms=latency_ms, body_bytes=SMALL_BODY_BYTES),
+            s3=bench.s3(),
+            log_dir=bench.log_dir / f"servers-latency-{latency_ms}",
+        ) as servers:
+            probe = bench.run(
+                servers,
+                "raw_floor",
+                items=ITEMS,
+                concurrency=CONCURRENCY,
+                body_bytes=SMALL_BODY_BYTES,
+            )
+            search.append((latency_ms, probe))
+            holds = probe["status"] == "ok" and (
+                probe["wall_s"] <= FLOOR_MAX_RATIO * _ideal_s(latency_ms)
+            )
+            if not holds and latency_ms != candidates[-1]:
+                continue
+            chosen = latency_ms
+            for _ in range(bench.repeats):  # pairs back to back: drift hits both alike
+                for impl in ("raw_floor", "fanout_ingest"):
+                    records[impl].append(
+                        bench.run(
+                            servers,
+                            impl,
+                            items=ITEMS,
+                            concurrency=CONCURRENCY,
+                            body_bytes=SMALL_BODY_BYTES,
+                        )
                     )
-                )
-        s3_kind = servers.s3_kind
+            s3_kind = servers.s3_kind
+            break
+    ideal_s = _ideal_s(chosen)
     summaries = {impl: summarize(runs) for impl, runs in records.items()}
     section = Section(
         "latency",
         "Latency-bound throughput (T3)",
-        f"API answers after {LATENCY_MS} ms with 9,000-byte bodies; {items} items at "
-        f"concurrency {c}; ideal = items x latency / concurrency = {ideal_s:.2f} s. "
-        f"S3: {s3_kind}. `raw_put` PUTs the same number of 9,000-byte objects at the "
-        f"same concurrency with no API, to show the S3 endpoint is not the limit. "
-        f"Wall time is the whole measured call (for fanout-ingest: the "
-        f"`lambda_handler` call). {bench.repeats} repeats.",
+        f"{ITEMS} items of 9,000 bytes at concurrency {CONCURRENCY}; ideal = items x "
+        f"latency / concurrency. Regime search: the raw floor once at each API latency of "
+        f"{', '.join(str(c) for c in candidates)} ms, shortest first, until it finishes "
+        f"within {FLOOR_MAX_RATIO}x of the ideal; chosen: {chosen} ms (ideal "
+        f"{ideal_s:.2f} s). There, {bench.repeats} back-to-back pairs of the floor and "
+        f"fanout-ingest. S3: {s3_kind}. Wall time is the whole measured call (for "
+        f"fanout-ingest, the `lambda_handler` call, manifest included).",
     )
-    section.tables.append(_latency_table(summaries, records, ideal_s, items))
-    section.notes.append(
-        "Client, API server and S3 server share this machine's cores with any other load; "
-        "client CPU s (one event loop, so a floor on wall time) plus server CPU s (warm-up "
-        "included) against cores x wall shows how much of the wall time is CPU, not waiting."
-    )
-    section.verdicts.append(_latency_verdict(summaries, items, ideal_s))
-    section.raw = {"summaries": summaries, "runs": records, "ideal_s": ideal_s}
+    section.tables.append(_search_table(search))
+    section.tables.append(_latency_table(summaries, records, ideal_s, ITEMS))
+    section.verdicts += _verdicts(records, summaries, chosen, ideal_s)
+    section.raw = {
+        "search": [(latency, record) for latency, record in search],
+        "chosen_latency_ms": chosen,
+        "summaries": summaries,
+        "runs": records,
+        "ideal_s": ideal_s,
+    }
     return section
+
+
+def _search_table(search: list[tuple[int, dict[str, Any]]]) -> Table:
+    rows = []
+    for latency_ms, record in search:
+        ok = record["status"] == "ok"
+        rows.append(
+            [
+                latency_ms,
+                _ideal_s(latency_ms),
+                record["wall_s"] if ok else record["status"],
+                record["wall_s"] / _ideal_s(latency_ms) if ok else None,
+                record.get("background_cores"),
+            ]
+        )
+    return Table(
+        f"Regime search: the raw floor alone, {ITEMS} items at c={CONCURRENCY}",
+        ["API latency ms", "ideal s", "floor wall s", "÷ ideal", "other load, cores"],
+        rows,
+    )
 
 
 def _latency_table(
@@ -74,7 +128,9 @@ def _latency_table(
     for impl, s in summaries.items():
         ok = [r for r in records[impl] if r["status"] == "ok"]
         durations = [
-            r["detail"]["duration_ms"] / 1000 for r in ok if r["detail"].get("duration_ms")
+            r["detail"]["duration_ms"] / 1000
+            for r in ok
+            if (r.get("detail") or {}).get("duration_ms")
         ]
         servers = [r["api_cpu_s"] + r["s3_cpu_s"] for r in ok if r.get("s3_cpu_s") is not None]
         rows.append(
@@ -82,7 +138,7 @@ def _latency_table(
                 impl,
                 status_cell(s),
                 s["wall_s"],
-                ratio(s["wall_s"], ideal_s) if impl != "raw_put" else None,
+                ratio(s["wall_s"], ideal_s),
                 s["items_per_s"],
                 s["p50_ms"],
                 s["p99_ms"],
@@ -113,28 +169,54 @@ def _latency_table(
     )
 
 
-def _latency_verdict(summaries: dict[str, dict[str, Any]], items: int, ideal_s: float) -> Verdict:
-    limit_s = ideal_s * T3_MAX_RATIO
-    claim = (
-        f"{items} items at c={LATENCY_CONCURRENCY} within {T3_MAX_RATIO}x ideal ({limit_s:.2f} s)"
+def _verdicts(
+    records: dict[str, list[dict[str, Any]]],
+    summaries: dict[str, dict[str, Any]],
+    latency_ms: int,
+    ideal_s: float,
+) -> list[Verdict]:
+    floor, ours = summaries.get("raw_floor"), summaries.get("fanout_ingest")
+    regime_claim = (
+        f"regime: raw floor within {FLOOR_MAX_RATIO}x ideal ({latency_ms} ms API, "
+        f"{ITEMS} items at c={CONCURRENCY}, ideal {ideal_s:.2f} s)"
     )
-    put, ours = summaries.get("raw_put"), summaries.get("fanout_ingest")
-    needed = items / (ideal_s * T3_MAX_RATIO)  # the rate fanout-ingest must sustain to pass
-    s3_ok = bool(put and put["status"] == "ok" and put["items_per_s"] >= needed)
-    s3_note = (
-        f"S3 capacity {put['items_per_s']:.0f} PUT/s vs {needed:.0f}/s needed"
-        if put and put["items_per_s"]
-        else "S3 capacity not measured"
-    )
-    if not ours or ours["status"] != "ok":
-        status = ours["status"] if ours else "not run"
-        return Verdict("T3", claim, f"fanout_ingest {status}; {s3_note}", "N/A")
-    ratio = ours["wall_s"] / ideal_s
-    floor = summaries.get("raw_floor") or {}
-    floor_note = (
-        f"raw floor {floor['wall_s'] / ideal_s:.2f}x; " if floor.get("wall_s") is not None else ""
-    )
-    measured = f"{ours['wall_s']:.2f} s = {ratio:.2f}x ideal; {floor_note}{s3_note}"
-    if ratio <= T3_MAX_RATIO:
-        return Verdict("T3", claim, measured, "PASS")
-    return Verdict("T3", claim, measured, "FAIL" if s3_ok else "INCONCLUSIVE")
+    vs_ideal_claim = f"fanout wall <= {T3_MAX_VS_IDEAL}x ideal ({ideal_s * T3_MAX_VS_IDEAL:.2f} s)"
+    vs_floor_claim = f"fanout wall <= {T3_MAX_VS_FLOOR}x the raw floor's, same repeat"
+    if not floor or floor["status"] != "ok" or not ours or ours["status"] != "ok":
+        missing = "raw_floor" if not floor or floor["status"] != "ok" else "fanout_ingest"
+        return [
+            Verdict("T3", c, f"{missing} did not run cleanly", "N/A")
+            for c in (regime_claim, vs_ideal_claim, vs_floor_claim)
+        ]
+    floor_ratio = floor["wall_s"] / ideal_s
+    regime_ok = floor_ratio <= FLOOR_MAX_RATIO
+    pairs = [
+        o["wall_s"] / f["wall_s"]
+        for o, f in zip(records["fanout_ingest"], records["raw_floor"], strict=False)
+        if o["status"] == f["status"] == "ok"
+    ]
+    vs_floor = statistics.median(pairs)
+    vs_ideal = ours["wall_s"] / ideal_s
+    # Outside the regime the machine, not the client, sets the pace: a miss proves nothing.
+    miss = "FAIL" if regime_ok else "INCONCLUSIVE"
+    return [
+        Verdict(
+            "T3",
+            regime_claim,
+            f"floor {floor['wall_s']:.2f} s = {floor_ratio:.3f}x ideal",
+            "PASS" if regime_ok else "INCONCLUSIVE",
+        ),
+        Verdict(
+            "T3",
+            vs_ideal_claim,
+            f"{ours['wall_s']:.2f} s = {vs_ideal:.3f}x ideal",
+            "PASS" if vs_ideal <= T3_MAX_VS_IDEAL else miss,
+        ),
+        Verdict(
+            "T3",
+            vs_floor_claim,
+            f"{vs_floor:.3f}x (median of {len(pairs)} pairs: "
+            f"{', '.join(f'{p:.3f}' for p in pairs)})",
+            "PASS" if vs_floor <= T3_MAX_VS_FLOOR else miss,
+        ),
+    ]
