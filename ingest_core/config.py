@@ -26,6 +26,9 @@ MIN_PART_SIZE_MB = 5  # S3's floor for every part but the last
 MAX_PART_SIZE_MB = 5 * 1024
 DEFAULT_MEMORY_BUDGET_MB = 256
 DEFAULT_DEADLINE_MARGIN_S = 5.0
+# The hard stop comes at half the margin and aborts and the manifest must end by a
+# quarter of it: below a second, that leaves S3 no time to answer before the deadline.
+MIN_DEADLINE_MARGIN_S = 1.0
 MAX_FAILURES_IN_RESULT = 1000
 DEFAULT_S3_MAX_ATTEMPTS = 10  # botocore's standard mode gives up after 3 (DESIGN §14)
 MAX_S3_MAX_ATTEMPTS = 50
@@ -95,7 +98,7 @@ class Options(BaseModel):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
     part_size_mb: int = Field(DEFAULT_PART_SIZE_MB, ge=MIN_PART_SIZE_MB, le=MAX_PART_SIZE_MB)
     memory_budget_mb: int = Field(DEFAULT_MEMORY_BUDGET_MB, ge=1)
-    deadline_margin_s: float = Field(DEFAULT_DEADLINE_MARGIN_S, ge=0)
+    deadline_margin_s: float = Field(DEFAULT_DEADLINE_MARGIN_S, ge=MIN_DEADLINE_MARGIN_S)
     compress: bool = False
     skip_existing: bool = False
     expect_json: bool = True

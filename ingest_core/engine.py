@@ -5,10 +5,15 @@
 result's counts always add up. Its I/O seams (the API session and the writer)
 are parameters, so tests and benchmarks swap them without patching.
 
-Deadline: no item starts after ``deadline - deadline_margin_s``; items still in
-flight at ``deadline - deadline_margin_s / 2`` are cancelled (their uploads
-aborted) and reported as not attempted with kind ``deadline``, leaving the rest
-of the margin to write the manifest and return.
+Deadline: no item starts (nor retries, nor sends after waiting for a rate-limit
+token) after ``deadline - deadline_margin_s``; items still in flight at
+``deadline - deadline_margin_s / 2`` (the hard stop) are cancelled and reported as
+not attempted with kind ``deadline``, or as ``write_unknown`` when S3 may have
+applied the PUT or Complete they were cut in. From the hard stop, the aborts of
+their uploads, the open pack object's completion (until ``deadline -
+deadline_margin_s / 4``) and the manifest PUT have until ``deadline -
+deadline_margin_s / 8``: what has not finished by then is reported (an upload
+possibly left open, a manifest not written), leaving the rest to return.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from ingest_core.retry import backoff_s
 from ingest_core.s3retry import S3Retry, WriteStats, write_scope
 from ingest_core.settings import Settings
 from ingest_core.transfer import BodyInfo, Stored, transfer
+from ingest_core.uploads import MAX_REPORTED, OpenUpload, UploadTracker
 from ingest_core.writers import ObjectMeta, ObjectWriter
 
 log = logging.getLogger(__name__)
@@ -72,14 +78,19 @@ class _Clock:
 
     stop_starting: float
     hard_stop: float
+    finish_by: float | None  # aborts and the manifest end by then; None = no deadline
     stopping: bool = False
     reason: str = "cancelled at the deadline"
 
     @classmethod
     def for_deadline(cls, deadline: float | None, margin_s: float) -> _Clock:
         if deadline is None:
-            return cls(float("inf"), float("inf"))
-        return cls(deadline - margin_s, deadline - margin_s / 2)
+            return cls(float("inf"), float("inf"), None)
+        return cls(deadline - margin_s, deadline - margin_s / 2, deadline - margin_s / 8)
+
+    def left(self) -> float | None:
+        """Seconds until ``finish_by``, or None without a deadline."""
+        return None if self.finish_by is None else max(0.0, self.finish_by - time.monotonic())
 
     def may_start(self) -> bool:
         return not self.stopping and time.monotonic() < self.stop_starting
@@ -102,6 +113,7 @@ class _Run:
     deadline: float | None = None
     budget: ByteBudget = field(init=False)
     bucket: TokenBucket = field(init=False)
+    uploads: UploadTracker = field(init=False)
     template: KeyTemplate = field(init=False)
     secret_header_names: frozenset[str] = field(init=False)
     api_limit: AdaptiveLimit = field(init=False)
@@ -113,6 +125,8 @@ class _Run:
         # Every page of the endpoint shares one limit: redirects stay inside the attempt.
         self.api_limit = self.limits.for_origin(str(URL(self.job.api.endpoint).origin()))
         self.s3_limit = self.limits.for_origin("s3")
+        self.uploads = UploadTracker()
+        self.writer = self.uploads.wrap(self.writer)
         # Derived once per run, not per item or attempt.
         self.template = self.job.api.template
         self.secret_header_names = frozenset(self.job.api.secret_headers)
@@ -292,6 +306,7 @@ async def _fan_out(run: _Run, stop: asyncio.Event | None) -> tuple[int | None, i
         run.clock.reason = "cancelled"
         _stop_now(run, workers)
         await asyncio.wait(workers)
+        await run.uploads.settle(run.clock.finish_by)
         raise
     finally:
         for task in waited:
@@ -344,7 +359,7 @@ async def _worker(run: _Run, items: Iterator[PlannedItem]) -> None:
         except asyncio.CancelledError:
             if not run.clock.stopping:
                 raise
-            run.record(_not_attempted(run, item, f"{run.clock.reason}; any upload was aborted"))
+            run.record(_cut(run, item))
             return  # the rest of the plan is drained by _fan_out
         except Exception as exc:  # a bug must not lose the item: report it
             log.exception("unexpected error on item %s", item.index)
@@ -360,6 +375,23 @@ def _not_attempted(run: _Run, item: PlannedItem, why: str | None = None) -> Item
         status=ItemStatus.NOT_ATTEMPTED,
         kind=FailureKind.DEADLINE,
         error=why or f"not started: {run.clock.reason}",
+    )
+
+
+def _cut(run: _Run, item: PlannedItem) -> ItemResult:
+    """An item cancelled in flight: not attempted, or unknown if S3 may have stored it."""
+    key = _key(run, item)
+    if not run.uploads.was_cut_committing(key):
+        return _not_attempted(run, item, f"{run.clock.reason}; any upload was aborted")
+    return ItemResult(
+        index=item.index,
+        params=item.params,
+        key=key,
+        status=ItemStatus.WRITE_UNKNOWN,
+        attempts=1,
+        kind=FailureKind.DEADLINE,
+        error=f"{run.clock.reason} while S3 was storing the object: it may exist"
+        " (a re-drive writes the same key again)",
     )
 
 
@@ -398,14 +430,22 @@ async def _attempts(
         secret_header_names=run.secret_header_names,
     )
     throttled = 0
+    error: FetchError | None = None
     for attempt in range(1, run.job.options.max_attempts + 1):
         async with run.api_limit.slot() as slot:
             await run.bucket.acquire()  # the fixed rate limit keeps working on top
-            outcome = await _try(run, item, key, request, slot)
+            # A slot or token granted too late sends nothing: the margin is not for sending.
+            late = not run.clock.may_start()
+            outcome = None if late else await _try(run, item, key, request, slot)
+        if outcome is None:
+            if error is None:
+                return _not_attempted(run, item)
+            return _failed(item, key, error, attempts=attempt - 1, started=started, s3=s3)
         if isinstance(outcome, Stored | Staged):
             return _settle(run, item, key, outcome, attempt, started, s3, throttled)
         if isinstance(outcome, WriteError):
             return _failed(item, key, outcome, attempts=attempt, started=started, s3=s3)
+        error = outcome
         throttled += slot.outcome is Outcome.THROTTLED
         delay = _retry_delay(run, outcome, attempt)
         if delay is None:
@@ -616,25 +656,50 @@ async def _finish(
     write_manifest: bool,
     manifest_prefix: str,
 ) -> RunOutcome:
-    stored_key: str | None = None
-    if write_manifest:
-        key = manifest_key_for(run.job, *span, prefix=manifest_prefix)
-        # The manifest's retries may use the margin the items left, but a quarter of
-        # it stays for returning the result.
-        quarter = run.job.options.deadline_margin_s / 4
-        end = float("inf") if run.deadline is None else run.deadline - quarter
-        try:
-            with write_scope(run.s3_retry(deadline=end)):
-                await run.writer.put_file(key, run.tally.manifest_path(), MANIFEST_CONTENT_TYPE)
-            stored_key = key
-        except Exception:
-            # The objects are written; a lost manifest must not turn success into an error.
-            log.exception("could not write the manifest", extra={"manifest_key": key})
+    # Both share what is left before finish_by: aborts need no manifest, nor it them.
+    left_open, (stored_key, manifest_error) = await asyncio.gather(
+        run.uploads.settle(run.clock.finish_by),
+        _write_manifest(run, span, write_manifest, manifest_prefix),
+    )
     result = run.tally.to_result(
         request_id=run.job.request_id,
         source_id=run.job.api.source_id,
         duration_ms=_ms_since(started),
         manifest_key=stored_key,
     )
+    result["manifest_error"] = manifest_error
+    result.update(_open_uploads(left_open))
     manifest_uri = run.writer.describe(stored_key) if stored_key else None
     return RunOutcome(result, manifest_uri, list(run.tally.latencies_ms))
+
+
+async def _write_manifest(
+    run: _Run, span: tuple[int | None, int | None], write_manifest: bool, manifest_prefix: str
+) -> tuple[str | None, str | None]:
+    """Store the manifest within the time left; (its key, None) or (None, why not)."""
+    if not write_manifest:
+        return None, None
+    key = manifest_key_for(run.job, *span, prefix=manifest_prefix)
+    left = run.clock.left()
+    end = float("inf") if run.clock.finish_by is None else run.clock.finish_by
+    try:
+        # S3 retries within the same time: a retry that cannot finish is not started.
+        async with asyncio.timeout(left):
+            with write_scope(run.s3_retry(deadline=end)):
+                await run.writer.put_file(key, run.tally.manifest_path(), MANIFEST_CONTENT_TYPE)
+    except TimeoutError:
+        error = f"not written: S3 did not answer in the {left:.1f}s left before the deadline"
+        log.error("could not write the manifest", extra={"manifest_key": key, "error": error})
+        return None, error
+    except Exception as exc:
+        # The objects are written; a lost manifest must not turn success into an error.
+        log.exception("could not write the manifest", extra={"manifest_key": key})
+        return None, f"not written: {exc}"[:300]
+    return key, None
+
+
+def _open_uploads(left_open: list[OpenUpload]) -> dict[str, Any]:
+    return {
+        "uploads_left_open": [upload.to_dict() for upload in left_open[:MAX_REPORTED]],
+        "uploads_left_open_count": len(left_open),
+    }

@@ -29,6 +29,9 @@ class ItemStatus(StrEnum):
     SKIPPED = "skipped"  # skip_existing found the key already written
     FAILED = "failed"
     NOT_ATTEMPTED = "not_attempted"
+    # Cut at the deadline while S3 was storing it (a PUT or CompleteMultipartUpload
+    # in flight): the object may or may not exist. Counted as failed, kind deadline.
+    WRITE_UNKNOWN = "write_unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,7 @@ class Tally:
     succeeded: int = 0
     failed: int = 0
     not_attempted: int = 0
+    write_unknown: int = 0  # of ``failed``: cut while S3 may have stored the object
     skipped: int = 0
     records: int | None = 0
     bytes_written: int = 0
@@ -207,6 +211,7 @@ class Tally:
             self.not_attempted += 1
         else:
             self.failed += 1
+            self.write_unknown += result.status is ItemStatus.WRITE_UNKNOWN
         entry = result.failure_entry()
         size = len(orjson.dumps(entry))
         full = len(self.failures) >= MAX_FAILURES_IN_RESULT
@@ -248,6 +253,7 @@ class Tally:
             "succeeded": self.succeeded,
             "failed": self.failed,
             "not_attempted": self.not_attempted,
+            "write_unknown": self.write_unknown,
             "skipped_existing": self.skipped,
             "records_ingested": self.records,
             "bytes_written": self.bytes_written,

@@ -119,7 +119,13 @@ async def _s3_parts(
             return
         credentials = await session.get_credentials()
         connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector, trust_env=False) as http:
+        # The SDK client's timeouts, not aiohttp's default (300 s total, no read timeout).
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=S3_CONNECT_TIMEOUT_S, sock_read=S3_READ_TIMEOUT_S
+        )
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, trust_env=False
+        ) as http:
             yield {"client": client, "credentials": credentials, "http": http}
 
 

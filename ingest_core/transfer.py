@@ -9,8 +9,6 @@ cancellation.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,9 +17,7 @@ from ingest_core.config import Options
 from ingest_core.errors import BodyTooLarge, InvalidBody, TruncatedBody
 from ingest_core.limits import ByteBudget
 from ingest_core.records import count_records, looks_like_json
-from ingest_core.writers import MultipartUpload, ObjectMeta, ObjectWriter
-
-log = logging.getLogger(__name__)
+from ingest_core.writers import MultipartUpload, ObjectMeta, ObjectWriter, abort_upload
 
 # What a body of unknown length may buffer before it must reserve a whole part.
 SMALL_RESERVATION = 256 * 1024
@@ -222,13 +218,8 @@ class _Transfer:
         return count_records(raw, self.records_path)
 
     async def _abort(self) -> None:
-        if self.upload is None:
-            return
-        try:
-            # Shielded so that a second cancellation cannot strand the upload.
-            await asyncio.shield(self.upload.abort())
-        except Exception:
-            log.warning("abort of multipart upload failed", extra={"key": self.key}, exc_info=True)
+        if self.upload is not None:
+            await abort_upload(self.upload, self.key)
 
 
 async def transfer(

@@ -24,6 +24,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -40,6 +41,8 @@ from yarl import URL
 from ingest_core.errors import S3WriteError
 from ingest_core.s3retry import current as s3_retry
 from ingest_core.sigv4 import host_header, sign_put
+
+log = logging.getLogger(__name__)
 
 SMALL_BODY = 256 * 1024
 FILE_PART_SIZE = 8 * 1024 * 1024
@@ -151,8 +154,37 @@ async def put_file_in_parts(
                 part = await asyncio.to_thread(source.read, part_size)
             await upload.complete()
         except BaseException:
-            await upload.abort()
+            await abort_upload(upload, key)
             raise
+
+
+async def abort_upload(upload: MultipartUpload, key: str) -> None:
+    """Abort ``upload`` in a task of its own; never raises, failures are logged.
+
+    When the calling task is being cancelled (a stop, the deadline, an attempt's
+    timeout) it does not wait for S3's answer: the abort goes on by itself (the
+    engine's ``UploadTracker`` waits for it, within the deadline, before the run
+    returns), so a slow AbortMultipartUpload cannot hold a worker past its time.
+    """
+    abort = asyncio.ensure_future(upload.abort())
+    abort.add_done_callback(lambda task: _log_abort_failure(task, upload, key))
+    current = asyncio.current_task()
+    if current is not None and current.cancelling():
+        return
+    try:
+        await asyncio.shield(abort)
+    except Exception:
+        pass  # logged by the callback, with the key and the upload id
+
+
+def _log_abort_failure(task: asyncio.Future[None], upload: MultipartUpload, key: str) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    log.warning(
+        "abort of multipart upload failed (the bucket's lifecycle rule reaps it)",
+        extra={"key": key, "upload_id": getattr(upload, "upload_id", None)},
+        exc_info=task.exception(),
+    )
 
 
 # ---------------------------------------------------------------------------- S3
@@ -350,6 +382,15 @@ class S3MultipartUpload:
         self._parts: list[dict[str, Any]] = []
         self._done = False
 
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def upload_id(self) -> str:
+        """S3's id of the upload: with the key, what names it in logs and results."""
+        return self._upload_id
+
     async def upload_part(self, data: bytes | memoryview) -> None:
         # A retry resends the same bytes: ``data`` stays valid until this returns.
         await s3_retry().call(lambda: self._upload_part_once(data))
@@ -399,6 +440,8 @@ class S3MultipartUpload:
                 Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
             )
         except Exception as exc:
+            if _error_code(exc) == "NoSuchUpload":
+                return  # already gone: a Complete cut short may have landed after all
             # The bucket's lifecycle rule reaps what an abort could not.
             raise _s3_error("AbortMultipartUpload", exc) from exc
 
@@ -511,6 +554,14 @@ def _error_status(exc: Exception) -> int | None:
     if isinstance(response, dict):
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return int(status) if status is not None else None
+    return None
+
+
+def _error_code(exc: Exception) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        return str(code) if code is not None else None
     return None
 
 

@@ -365,8 +365,12 @@ ERROR_FAULTS: Mapping[str, tuple[int, bytes]] = {
     "error_in_200": _s3_error(200, "InternalError", "We encountered an internal error."),
 }
 DROP_FAULTS = frozenset({"drop_connection", "drop_after_forward"})
-FAULTS = frozenset(ERROR_FAULTS) | DROP_FAULTS
+# Faults that take time (``delay_s`` of ``inject``): see S3FaultProxy.
+SLOW_FAULTS = frozenset({"hang", "delay_request", "delay_answer"})
+FAULTS = frozenset(ERROR_FAULTS) | DROP_FAULTS | SLOW_FAULTS
 DROPPED = 0  # the status recorded in ``calls`` when no response was sent
+HUNG = -1  # the status recorded in ``calls`` when a request is left unanswered
+DEFAULT_DELAY_S = 1.0
 
 # RFC 9110 hop-by-hop headers, plus framing the proxy recomputes.
 _HOP_BY_HOP = frozenset(
@@ -453,6 +457,7 @@ def _bucket_operation(method: str, query: Mapping[str, str]) -> str:
 class _Injection:
     fault: str
     remaining: int
+    delay_s: float = DEFAULT_DELAY_S
 
 
 class S3FaultProxy:
@@ -470,6 +475,12 @@ class S3FaultProxy:
       forwarded.
     - ``drop_after_forward``: forwards (the operation takes effect), then closes
       without answering: the client cannot know it succeeded.
+    - ``hang``: accepts the request and never answers (until the client gives up,
+      or MAX_STALL_S). Not forwarded; recorded with status HUNG.
+    - ``delay_request``: waits ``delay_s``, then forwards: a slow link. A client that
+      gives up meanwhile cancels it, so the request never reaches S3.
+    - ``delay_answer``: forwards at once (the operation takes effect), then holds the
+      answer ``delay_s``: S3 applied it, the client does not know yet.
 
     Example:
         >>> with S3FaultProxy(moto) as proxy:
@@ -529,7 +540,9 @@ class S3FaultProxy:
         """The statuses ``operation`` got, in order."""
         return [status for op, status in self.calls if op == operation]
 
-    def inject(self, operation: str, fault: str, times: int = 1) -> None:
+    def inject(
+        self, operation: str, fault: str, times: int = 1, *, delay_s: float = DEFAULT_DELAY_S
+    ) -> None:
         """Answer the next ``times`` calls of ``operation`` with ``fault``.
 
         Args:
@@ -537,6 +550,7 @@ class S3FaultProxy:
                 queue per operation; an operation's own queue goes before "*".
             fault: one of FAULTS.
             times: how many calls to fail (>= 1).
+            delay_s: how long ``delay_request`` and ``delay_answer`` wait.
         """
         if operation != ANY_OPERATION and operation not in S3_OPERATIONS:
             raise ValueError(f"unknown S3 operation {operation!r}; one of {sorted(S3_OPERATIONS)}")
@@ -545,7 +559,8 @@ class S3FaultProxy:
         if times < 1:
             raise ValueError("times must be >= 1")
         with self._lock:
-            self._faults.setdefault(operation, deque()).append(_Injection(fault, times))
+            injection = _Injection(fault, times, min(delay_s, MAX_STALL_S))
+            self._faults.setdefault(operation, deque()).append(injection)
 
     def fail_at_rate(
         self, operations: list[str], rate: float, faults: tuple[str, ...], *, seed: int = 0
@@ -610,7 +625,7 @@ class S3FaultProxy:
             yield
             self._session = None
 
-    def _take_fault(self, operation: str) -> str | None:
+    def _take_fault(self, operation: str) -> _Injection | None:
         with self._lock:
             for name in (operation, ANY_OPERATION):
                 queue = self._faults.get(name)
@@ -620,12 +635,12 @@ class S3FaultProxy:
                     if injection.remaining == 0:
                         queue.popleft()
                     self._fired.append((operation, injection.fault))
-                    return injection.fault
+                    return injection
             rate, faults = self._rates.get(operation, (0.0, ()))
             if rate and self._random.random() < rate:
                 fault = self._random.choice(faults)
                 self._fired.append((operation, fault))
-                return fault
+                return _Injection(fault, 1)
         return None
 
     def _record(self, operation: str, status: int) -> None:
@@ -635,7 +650,16 @@ class S3FaultProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         operation = s3_operation(request.method, request.path, request.query, request.headers)
         body = await request.read()
-        fault = self._take_fault(operation)
+        injection = self._take_fault(operation)
+        fault = injection.fault if injection is not None else None
+        delay_s = injection.delay_s if injection is not None else 0.0
+        if fault == "hang":
+            self._record(operation, HUNG)
+            await asyncio.sleep(MAX_STALL_S)  # cancelled when the client goes away
+            await cut_connection(request, reset=False)
+            return web.Response()
+        if fault == "delay_request":
+            await asyncio.sleep(delay_s)
         if fault is not None and fault in ERROR_FAULTS:
             status, xml = ERROR_FAULTS[fault]
             self._record(operation, status)
@@ -650,6 +674,8 @@ class S3FaultProxy:
             await cut_connection(request, reset=False)
             return web.Response()
         self._record(operation, response.status)
+        if fault == "delay_answer":
+            await asyncio.sleep(delay_s)
         return response
 
     async def _forward(self, request: web.Request, body: bytes) -> web.Response:
