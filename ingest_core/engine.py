@@ -47,6 +47,7 @@ from ingest_core.fetcher import (
 )
 from ingest_core.keys import KeyTemplate, PackKeys, manifest_key, params_hash
 from ingest_core.limits import (
+    S3_ORIGIN,
     AdaptiveLimit,
     ByteBudget,
     OriginLimits,
@@ -124,7 +125,7 @@ class _Run:
         self.bucket = TokenBucket(self.job.options.rate_limit_per_s)
         # Every page of the endpoint shares one limit: redirects stay inside the attempt.
         self.api_limit = self.limits.for_origin(str(URL(self.job.api.endpoint).origin()))
-        self.s3_limit = self.limits.for_origin("s3")
+        self.s3_limit = self.limits.for_origin(S3_ORIGIN)
         self.uploads = UploadTracker()
         self.writer = self.uploads.wrap(self.writer)
         # Derived once per run, not per item or attempt.

@@ -263,6 +263,9 @@ class Slot:
         self.retry_after_s = retry_after_s
 
 
+S3_ORIGIN = "s3"  # S3 writes share one limit, whatever the bucket's endpoint
+
+
 class OriginLimits:
     """One ``AdaptiveLimit`` per origin (scheme, host, port), made on first use."""
 
@@ -283,3 +286,12 @@ class OriginLimits:
 
     def items(self) -> list[tuple[str, AdaptiveLimit]]:
         return list(self._by_origin.items())
+
+    def describe(self) -> str:
+        """For a progress line: ``limit 32/64 at 40/s, 12 throttled`` (S3's once it moved)."""
+        parts = [
+            f"{'s3 limit' if origin == S3_ORIGIN else 'limit'} {limit.describe()}"
+            for origin, limit in self._by_origin.items()
+            if origin != S3_ORIGIN or limit.throttled
+        ]
+        return ", ".join([*parts, f"{self.throttled} throttled"])

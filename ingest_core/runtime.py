@@ -20,6 +20,7 @@ import aiohttp
 from ingest_core.engine import ItemCallback, RunOutcome, run_job
 from ingest_core.events import Job
 from ingest_core.incremental import is_incremental, run_incremental, store_for
+from ingest_core.limits import OriginLimits
 from ingest_core.results import ItemResult
 from ingest_core.settings import Settings
 from ingest_core.state import StateStore
@@ -156,12 +157,14 @@ async def execute(
     pool: S3ClientPool | None = None,
     state_store: StateStore | None = None,
     on_plan: Callable[[Job], None] | None = None,
+    limits: OriginLimits | None = None,
 ) -> RunOutcome:
     """Run ``job`` against S3 (its ``raw_bucket``), a local folder, or a given writer.
 
     With ``pool``, S3 clients outlive the run (the Lambda handler's warm path).
     An incremental ``date_range`` keeps its watermark beside the objects (or in
     ``state_store``) and runs only what lies after it; ``on_plan`` is told that job.
+    ``limits`` lets a caller watch the adaptive limits (the CLI's progress line).
     """
     settings = settings or Settings.from_env()
     kwargs: dict[str, Any] = dict(
@@ -170,6 +173,7 @@ async def execute(
         deadline=deadline,
         stop=stop,
         manifest_prefix=manifest_prefix,
+        limits=limits,
     )
     async with _target(job, settings, writer, local_dir, pool) as target:
 

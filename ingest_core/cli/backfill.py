@@ -482,6 +482,7 @@ async def _execute(
     keep: Callable[[ItemResult], None],
     stop: asyncio.Event,
 ) -> tuple[RunOutcome, bool]:
+    from ingest_core.engine import limits_for
     from ingest_core.runtime import execute
 
     def on_item(result: ItemResult) -> None:
@@ -499,6 +500,7 @@ async def _execute(
             local_dir=prepared.dest.folder,
             manifest_prefix=prepared.dest.prefix,
             on_plan=lambda todo: progress.set_total(todo.requested),
+            limits=progress.watch(limits_for(prepared.job)),
         )
     return outcome, stop.is_set()
 

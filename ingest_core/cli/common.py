@@ -25,6 +25,7 @@ from typing import IO, Any, Self, TypeVar
 
 from ingest_core.config import DEFAULT_PACK_TARGET_MB, PACK_KEY_TEMPLATES, Options
 from ingest_core.errors import InvalidEventError
+from ingest_core.limits import OriginLimits
 from ingest_core.results import ItemResult
 
 PROG = "fanout-ingest"
@@ -475,14 +476,18 @@ class Counts:
         if not result.succeeded:
             self.failed += 1
 
-    def line(self) -> str:
-        """``1234/100000 (1.2%), 3 failed, 456.7 items/s, 2.7 s elapsed``."""
+    def line(self, limits: OriginLimits | None = None) -> str:
+        """``1234/100000 (1.2%), 3 failed, 456.7 items/s, 2.7 s elapsed``.
+
+        With ``limits``, the adaptive limit follows: ``, limit 32/64 at 40/s, 12 throttled``.
+        """
         elapsed = time.monotonic() - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         share = 100.0 * self.done / self.total if self.total else 100.0
         return (
             f"{self.done}/{self.total} ({share:.1f}%), {self.failed} failed,"
             f" {rate:.1f} items/s, {elapsed:.1f} s elapsed"
+            + (f", {limits.describe()}" if limits is not None else "")
         )
 
 
@@ -505,6 +510,7 @@ class ProgressDisplay:
         stream: where to draw (default stderr).
         """
         self.counts = Counts(total)
+        self.limits: OriginLimits | None = None
         self._label = label
         self._stream = stream or sys.stderr
         self._mode = _resolve_mode(mode, self._stream)
@@ -522,11 +528,21 @@ class ProgressDisplay:
         elif self._mode == "plain":
             print(f"{self._label}: {total} items after the watermark", file=self._stream)
 
+    def watch(self, limits: OriginLimits) -> OriginLimits:
+        """Show ``limits`` (the run's adaptive limits) in the progress; returns them."""
+        self.limits = limits
+        return limits
+
     def on_item(self, result: ItemResult) -> None:
         """The engine's ``on_item`` callback."""
         self.counts.add(result)
         if self._bar is not None:
-            self._bar.update(self._task_id, completed=self.counts.done, failed=self.counts.failed)
+            self._bar.update(
+                self._task_id,
+                completed=self.counts.done,
+                failed=self.counts.failed,
+                limit=self.limits.describe() if self.limits is not None else "",
+            )
 
     async def __aenter__(self) -> Self:
         if self._mode == "bar":
@@ -546,7 +562,7 @@ class ProgressDisplay:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-            print(f"{self._label}: {self.counts.line()}", file=self._stream, flush=True)
+            print(f"{self._label}: {self.counts.line(self.limits)}", file=self._stream, flush=True)
         if self._bar is not None:
             self._bar.stop()
 
@@ -570,17 +586,18 @@ class ProgressDisplay:
             TextColumn("[red]{task.fields[failed]} failed"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[limit]}"),
             console=Console(file=self._stream),
             refresh_per_second=RICH_REFRESH_PER_S,
         )
-        self._task_id = self._bar.add_task(self._label, total=self.counts.total, failed=0)
+        self._task_id = self._bar.add_task(self._label, total=self.counts.total, failed=0, limit="")
         self._bar.start()
 
     async def _tick(self) -> None:
         # Bounded by the run: cancelled in __aexit__.
         while True:
             await asyncio.sleep(PLAIN_PROGRESS_INTERVAL_S)
-            print(f"{self._label}: {self.counts.line()}", file=self._stream, flush=True)
+            print(f"{self._label}: {self.counts.line(self.limits)}", file=self._stream, flush=True)
 
 
 def _resolve_mode(mode: str, stream: IO[str]) -> str:

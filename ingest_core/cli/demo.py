@@ -33,7 +33,7 @@ from ingest_core.cli.common import (
     print_summary,
     run_async,
 )
-from ingest_core.engine import RunOutcome
+from ingest_core.engine import RunOutcome, limits_for
 from ingest_core.events import Job, parse_event
 from ingest_core.netguard import NetPolicy
 from ingest_core.results import ItemResult, ItemStatus
@@ -202,7 +202,10 @@ async def _run(
         items[result.index] = result
 
     async with progress:
-        return await execute(job, settings=settings, writer=writer, on_item=on_item, stop=stop)
+        limits = progress.watch(limits_for(job))
+        return await execute(
+            job, settings=settings, writer=writer, on_item=on_item, stop=stop, limits=limits
+        )
 
 
 def check_outcome(

@@ -24,7 +24,7 @@ import pytest
 from botocore.config import Config
 
 from tests.conftest import RAW_BUCKET, StartServer
-from tests.support.faults import expected_bytes
+from tests.support.faults import RateLimitedAPI, expected_bytes
 from tests.support.servers import MotoS3, Response, ScriptedAPI, default_body
 
 pytestmark = pytest.mark.timeout(60)
@@ -764,3 +764,23 @@ def test_demo_into_a_folder_leaves_the_objects_to_look_at(
     objects = sorted(p.name for p in folder.glob("*.json"))
     assert len(objects) == 89 and "demo-20240101-20240330-1d-44.json" not in objects
     assert (folder / "_manifests" / "demo-20240101-20240330-1d.json").exists()
+
+
+def test_backfill_progress_shows_the_adaptive_limit_and_throttles(
+    api_server: StartServer, run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    # GIVEN an API admitting 10 requests a second, 429 with Retry-After: 1 beyond
+    api = RateLimitedAPI(10, delay_s=0.05)
+    url = api_server(api).url
+    dates = days(20)
+    # WHEN 20 days are backfilled at concurrency 16, output not a terminal
+    done = run_cli(
+        *backfill_args(url, tmp_path / "out", dates[0], dates[-1], "--concurrency", "16")
+    )
+    # THEN every day landed, and the last progress line shows the limit the 429s
+    # brought the concurrency down to, the pace it learned, and how many there were
+    assert done.returncode == 0, done.stderr
+    assert api.rejected > 0
+    last = [line for line in done.stderr.splitlines() if line.startswith("backfill: 20/20")][-1]
+    assert f", {api.rejected} throttled" in last, last
+    assert ", limit " in last and "/16 at " in last, last
