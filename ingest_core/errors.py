@@ -14,6 +14,7 @@
      │    ├── InvalidBody                    expect_json and the body is not JSON/NDJSON
      │    └── BlockedError (PermissionError) SSRF guard, scheme or allow-list refusal
      ├── WriteError                          storing a body failed
+     │    ├── LocalWriteError                a file under the local destination folder
      │    └── S3WriteError                   an S3 call failed, after the patient retries
      ├── DeadlineExceeded (TimeoutError)     the invocation ran out of time
      ├── StateError                          an incremental run's state object is unusable
@@ -156,6 +157,10 @@ class WriteError(IngestError):
 
     kind: FailureKind = FailureKind.S3_ERROR
     retryable: bool = False
+
+
+class LocalWriteError(WriteError):
+    """Writing to the local destination folder failed (kind ``s3_error``, like any write)."""
 
 
 class S3WriteError(WriteError):

@@ -27,8 +27,8 @@ import io
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -38,7 +38,7 @@ from xml.etree import ElementTree
 import aiohttp
 from yarl import URL
 
-from ingest_core.errors import S3WriteError
+from ingest_core.errors import LocalWriteError, S3WriteError
 from ingest_core.s3retry import current as s3_retry
 from ingest_core.sigv4 import host_header, sign_put
 
@@ -610,7 +610,10 @@ class LocalDirWriter:
 
     Every file is written to a hidden temporary name in its final folder and
     renamed into place, so an interrupted run leaves no partial file under a key.
-    Object metadata is not kept locally.
+    Object metadata is not kept locally. File system calls run on worker
+    threads, never on the event loop (a write and fsync of a large body held
+    the loop for 230 ms); their ``OSError`` becomes a ``LocalWriteError`` (kind
+    ``s3_error``, the closed set's write failure) naming the operation and path.
     """
 
     TEMP_PREFIX = ".fanout-tmp-"
@@ -640,36 +643,65 @@ class LocalDirWriter:
             raise
 
     async def start_multipart(self, key: str, meta: ObjectMeta) -> MultipartUpload:
-        return LocalUpload(self._path(key))
+        upload = LocalUpload(self._path(key))
+        await upload.open()
+        return upload
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
         await put_file_in_parts(self, key, path, ObjectMeta(content_type=content_type))
 
 
 class LocalUpload:
-    """A file being written under a temporary name."""
+    """A file being written under a temporary name, one worker-thread call at a time."""
 
     def __init__(self, final: Path) -> None:
         self._final = final
-        final.parent.mkdir(parents=True, exist_ok=True)
         self._temp = final.parent / f"{LocalDirWriter.TEMP_PREFIX}{uuid.uuid4().hex}"
-        self._file = self._temp.open("wb")
+        self._file: IO[bytes] | None = None
+        # The thread call in flight: a cancelled await leaves it running, and
+        # abort must not close the file under it.
+        self._pending: asyncio.Future[Any] | None = None
+
+    async def open(self) -> None:
+        await self._run("create", self._open)
 
     async def upload_part(self, data: bytes | memoryview) -> None:
-        try:
-            self._file.write(data)
-        except OSError as exc:
-            raise S3WriteError(f"write {self._final}: {exc}") from exc
+        await self._run("write", self._write, data)
 
     async def complete(self) -> None:
-        try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self._temp, self._final)
-        except OSError as exc:
-            raise S3WriteError(f"rename to {self._final}: {exc}") from exc
+        await self._run("write", self._finish)
 
     async def abort(self) -> None:
+        if self._pending is not None and not self._pending.done():
+            await asyncio.wait([self._pending])
+        with suppress(OSError):
+            await asyncio.to_thread(self._discard)
+
+    async def _run(self, operation: str, call: Callable[..., None], *args: Any) -> None:
+        self._pending = asyncio.get_running_loop().run_in_executor(None, call, *args)
+        try:
+            await self._pending
+        except OSError as exc:
+            raise LocalWriteError(
+                f"could not {operation} {self._final}: {exc.strerror or type(exc).__name__}"
+            ) from exc
+
+    def _open(self) -> None:
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self._temp.open("wb")
+
+    def _write(self, data: bytes | memoryview) -> None:
+        assert self._file is not None, "open() first"
+        self._file.write(data)
+
+    def _finish(self) -> None:
+        assert self._file is not None, "open() first"
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
+        os.replace(self._temp, self._final)
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
         self._temp.unlink(missing_ok=True)
