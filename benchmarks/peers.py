@@ -349,6 +349,13 @@ def _fanout_ingest_sdk(spec: WorkerSpec) -> Callable[[str, int], Outcome]:
     return _fanout_ingest(spec)
 
 
+def _dlt_rest_api(spec: WorkerSpec) -> Callable[[str, int], Outcome]:
+    """dlt's REST API source into its filesystem destination (``benchmarks/peer_dlt.py``)."""
+    from benchmarks.peer_dlt import dlt_rest_api
+
+    return dlt_rest_api(spec)
+
+
 # ------------------------------------------------------------------- measure
 
 IMPLEMENTATIONS: dict[str, Callable[[WorkerSpec], Callable[[str, int], Outcome]]] = {
@@ -358,6 +365,7 @@ IMPLEMENTATIONS: dict[str, Callable[[WorkerSpec], Callable[[str, int], Outcome]]
     "raw_put": _raw_put,
     "fanout_ingest": _fanout_ingest,
     "fanout_ingest_sdk": _fanout_ingest_sdk,
+    "dlt_rest_api": _dlt_rest_api,
 }
 
 
