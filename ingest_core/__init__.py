@@ -15,6 +15,7 @@ from ingest_core.errors import (
     InvalidBody,
     InvalidEventError,
     LocalWriteError,
+    PaginationError,
     PartialFailureError,
     S3WriteError,
     SecretResolutionError,
@@ -24,6 +25,7 @@ from ingest_core.errors import (
     WriteError,
 )
 from ingest_core.events import Job, PlannedItem, parse_event
+from ingest_core.pagination import PaginationConfig
 from ingest_core.redact import register_secret, scrub
 from ingest_core.results import ItemResult, ItemStatus
 from ingest_core.secrets import resolve_secret_headers
@@ -49,6 +51,8 @@ __all__ = [
     "LocalWriteError",
     "ObjectWriter",
     "Options",
+    "PaginationConfig",
+    "PaginationError",
     "PartialFailureError",
     "PlannedItem",
     "RunOutcome",

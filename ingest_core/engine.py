@@ -19,16 +19,21 @@ possibly left open, a manifest not written), leaving the rest to return.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from yarl import URL
 
+from ingest_core.auth import AuthProvider, make_auth
+from ingest_core.chain import Page, PageFailed, run_chain
 from ingest_core.errors import (
+    DeadlineExceeded,
     FailureKind,
     FetchError,
     FetchTimeout,
@@ -39,7 +44,7 @@ from ingest_core.events import Job, PlannedItem
 from ingest_core.fetcher import (
     CREDENTIAL_HEADERS,
     FetchRequest,
-    encode_params,
+    RequestShape,
     iter_body,
     make_http_session,
     open_response,
@@ -56,10 +61,12 @@ from ingest_core.limits import (
     TokenBucket,
 )
 from ingest_core.packing import Packer, Staged, first_index, make_unit
+from ingest_core.pagination import PageRequest, PageView, make_chain, project
 from ingest_core.redact import register_secret
 from ingest_core.results import ItemResult, ItemStatus, Tally
 from ingest_core.retry import backoff_s
 from ingest_core.s3retry import S3Retry, WriteStats, write_scope
+from ingest_core.secrets import resolve_secret, resolve_secret_params
 from ingest_core.settings import Settings
 from ingest_core.transfer import BodyInfo, Stored, transfer
 from ingest_core.uploads import MAX_REPORTED, OpenUpload, UploadTracker
@@ -71,6 +78,7 @@ READ_CHUNK = 64 * 1024
 MANIFEST_CONTENT_TYPE = "application/x-ndjson"
 THROTTLE_STATUSES = frozenset({429, 503})  # the API asking us to slow down (DESIGN §14)
 ItemCallback = Callable[[ItemResult], None]
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -112,11 +120,16 @@ class _Run:
     limits: OriginLimits
     packer: Packer | None = None
     deadline: float | None = None
+    secret_params: Mapping[str, str] = field(default_factory=dict)
+    auth: AuthProvider | None = None
     budget: ByteBudget = field(init=False)
     bucket: TokenBucket = field(init=False)
     uploads: UploadTracker = field(init=False)
     template: KeyTemplate = field(init=False)
-    secret_header_names: frozenset[str] = field(init=False)
+    shape: RequestShape = field(init=False)
+    # One slot per request in flight, for runs whose items are chains of pages.
+    slots: asyncio.Semaphore = field(init=False)
+    keep_of_page: Callable[[Any], Any] = field(init=False)
     api_limit: AdaptiveLimit = field(init=False)
     s3_limit: AdaptiveLimit = field(init=False)
 
@@ -130,8 +143,23 @@ class _Run:
         self.writer = self.uploads.wrap(self.writer)
         # Derived once per run, not per item or attempt.
         self.template = self.job.api.template
-        self.secret_header_names = frozenset(self.job.api.secret_headers)
-        _register_header_secrets(self.headers, self.secret_header_names)
+        api = self.job.api
+        auth_names = frozenset({"Authorization"} if self.auth is not None else ())
+        self.shape = RequestShape(
+            endpoint=api.endpoint,
+            headers=self.headers,
+            secret_header_names=frozenset(api.secret_headers) | auth_names,
+            method=api.method,
+            params_in=api.params_in,
+            secret_params=self.secret_params,
+            auth=self.auth,
+        )
+        self.slots = asyncio.Semaphore(self.job.options.concurrency)
+        paths = api.pagination.paths if api.pagination is not None else ()
+        self.keep_of_page = functools.partial(project, paths=paths)
+        _register_header_secrets(self.headers, self.shape.secret_header_names)
+        for value in self.secret_params.values():
+            register_secret(value)
 
     def s3_retry(self, deadline: float | None = None) -> S3Retry:
         """An item's S3 retries: the run's attempts, clock and adaptive S3 limit."""
@@ -196,6 +224,8 @@ async def run_job(
     stop: asyncio.Event | None = None,
     manifest_prefix: str = "",
     limits: OriginLimits | None = None,
+    secret_params: Mapping[str, str] | None = None,
+    auth: AuthProvider | None = None,
 ) -> RunOutcome:
     """Fetch and store every item of ``job``.
 
@@ -213,6 +243,9 @@ async def run_job(
         manifest_prefix: put before the manifest key (the CLI's ``--dest`` prefix).
         limits: the adaptive per-origin limits (DESIGN §14); pass one to watch
             them (the CLI's progress line); by default one made from the options.
+        secret_params: ``api_config.secret_params`` already resolved; resolved
+            here (off the event loop) when None.
+        auth: the auth provider; by default the one ``api_config.auth`` describes.
     """
     settings = settings or Settings.from_env()
     started = time.monotonic()
@@ -224,18 +257,26 @@ async def run_job(
             connect_timeout_s=job.options.connect_timeout_s,
             read_timeout_s=job.options.read_timeout_s,
         )
-    run = _Run(
-        job=job,
-        http=http,
-        writer=writer,
-        settings=settings,
-        headers=dict(headers if headers is not None else job.api.headers),
-        clock=_Clock.for_deadline(deadline, job.options.deadline_margin_s),
-        tally=Tally(requested=job.requested),
-        on_item=on_item,
-        limits=limits or limits_for(job),
-        deadline=deadline,
-    )
+    try:
+        run = _Run(
+            job=job,
+            http=http,
+            writer=writer,
+            settings=settings,
+            headers=dict(headers if headers is not None else job.api.headers),
+            clock=_Clock.for_deadline(deadline, job.options.deadline_margin_s),
+            tally=Tally(requested=job.requested),
+            on_item=on_item,
+            limits=limits or limits_for(job),
+            deadline=deadline,
+            secret_params=await _secret_params(job, secret_params),
+            auth=auth
+            or make_auth(job.api.auth, http=http, policy=settings.policy, resolve=resolve_secret),
+        )
+    except BaseException:
+        if own_http:
+            await http.close()
+        raise
     try:
         run.packer = await _start_packer(run)
         span = await _fan_out(run, stop)
@@ -248,6 +289,16 @@ async def run_job(
         run.tally.close()
         if own_http:
             await http.close()
+
+
+def _auth_for(job: Job, http: aiohttp.ClientSession, settings: Settings) -> AuthProvider | None:
+    return make_auth(job.api.auth, http=http, policy=settings.policy, resolve=resolve_secret)
+
+
+async def _secret_params(job: Job, given: Mapping[str, str] | None) -> Mapping[str, str]:
+    if given is not None or not job.api.secret_params:
+        return dict(given or {})
+    return await asyncio.to_thread(resolve_secret_params, job.api.secret_params)
 
 
 async def _start_packer(run: _Run) -> Packer | None:
@@ -396,7 +447,7 @@ def _cut(run: _Run, item: PlannedItem) -> ItemResult:
     )
 
 
-def _key(run: _Run, item: PlannedItem) -> str:
+def _key(run: _Run, item: PlannedItem, page: int = 0) -> str:
     suffix = ".gz" if run.job.options.compress else ""
     return run.template.render(
         source_id=run.job.api.source_id,
@@ -404,6 +455,7 @@ def _key(run: _Run, item: PlannedItem) -> str:
         index=item.index,
         params=item.params,
         suffix=suffix,
+        page=page,
     )
 
 
@@ -418,18 +470,15 @@ async def _process(run: _Run, item: PlannedItem) -> ItemResult | None:
                     return ItemResult(item.index, item.params, key, ItemStatus.SKIPPED)
             except WriteError as exc:
                 return _failed(item, key, exc, attempts=0, started=started, s3=s3)
+        if run.job.api.pagination is not None:
+            return await _paginated(run, item, key, started, s3)
         return await _attempts(run, item, key, started, s3)
 
 
 async def _attempts(
     run: _Run, item: PlannedItem, key: str, started: float, s3: WriteStats
 ) -> ItemResult | None:
-    request = FetchRequest(
-        url=run.job.api.endpoint,
-        params=encode_params(item.params),
-        headers=run.headers,
-        secret_header_names=run.secret_header_names,
-    )
+    request = run.shape.request(item.params)
     throttled = 0
     error: FetchError | None = None
     for attempt in range(1, run.job.options.max_attempts + 1):
@@ -437,7 +486,9 @@ async def _attempts(
             await run.bucket.acquire()  # the fixed rate limit keeps working on top
             # A slot or token granted too late sends nothing: the margin is not for sending.
             late = not run.clock.may_start()
-            outcome = None if late else await _try(run, item, key, request, slot)
+            outcome = (
+                None if late else await _try(run, lambda: _attempt(run, item, key, request), slot)
+            )
         if outcome is None:
             if error is None:
                 return _not_attempted(run, item)
@@ -464,13 +515,13 @@ async def _attempts(
 
 
 async def _try(
-    run: _Run, item: PlannedItem, key: str, request: FetchRequest, slot: Slot
-) -> Stored | Staged | FetchError | WriteError:
+    run: _Run, attempt_once: Callable[[], Awaitable[T]], slot: Slot
+) -> T | FetchError | WriteError:
     """One attempt; its outcome (throttled or not) recorded on the API's ``slot``."""
     timeout_s = run.job.options.attempt_timeout_s
     try:
         async with asyncio.timeout(timeout_s):
-            stored = await _attempt(run, item, key, request)
+            stored = await attempt_once()
     except FetchError as exc:
         if isinstance(exc, HTTPStatusError) and exc.status in THROTTLE_STATUSES:
             slot.throttled(exc.retry_after_s)
@@ -482,6 +533,91 @@ async def _try(
         return exc
     slot.succeeded()
     return stored
+
+
+async def _paginated(
+    run: _Run, item: PlannedItem, key: str, started: float, s3: WriteStats
+) -> ItemResult:
+    """The item as a chain of pages: it succeeds only when every page is written."""
+    assert run.job.api.pagination is not None
+    chain = make_chain(run.job.api.pagination, run.job.api.endpoint, run.settings.policy)
+
+    async def fetch(number: int, request: PageRequest) -> Page:
+        return await _page(run, item, number, request)
+
+    outcome = await run_chain(chain, fetch, run.slots)
+    keys = tuple(page.key for page in outcome.pages)
+    attempts = outcome.retries + 1  # so the run's retries count every page's
+    if outcome.error is not None:
+        failed = _failed(item, key, outcome.error, attempts=attempts, started=started, s3=s3)
+        return dataclasses.replace(failed, pages=len(keys), page_keys=keys)
+    return ItemResult(
+        index=item.index,
+        params=item.params,
+        key=key,
+        status=ItemStatus.WRITTEN,
+        attempts=attempts,
+        received_bytes=sum(page.stored.received for page in outcome.pages),
+        stored_bytes=sum(page.stored.stored for page in outcome.pages),
+        records=outcome.records,
+        latency_ms=_ms_since(started),
+        s3_attempts=s3.attempts,
+        s3_retries=s3.retries,
+        throttled=s3.throttled,
+        pages=len(keys),
+        page_keys=keys,
+    )
+
+
+async def _page(run: _Run, item: PlannedItem, number: int, page: PageRequest) -> Page:
+    """One page with its retries, under the API's adaptive limit; raises ``PageFailed``."""
+    key = _key(run, item, number)
+    request = run.shape.request(item.params, page.params, page.url)
+    for attempt in range(1, run.job.options.max_attempts + 1):
+        async with run.api_limit.slot() as slot:
+            await run.bucket.acquire()
+            if not run.clock.may_start():  # the margin is not for sending
+                raise PageFailed(
+                    DeadlineExceeded(f"page {number} not started: {run.clock.reason}"),
+                    attempt - 1,
+                    key,
+                )
+            outcome = await _try(run, lambda: _attempt_page(run, item, number, key, request), slot)
+        if isinstance(outcome, Page):
+            return dataclasses.replace(outcome, attempts=attempt)
+        delay = None if isinstance(outcome, WriteError) else _retry_delay(run, outcome, attempt)
+        if delay is None:
+            raise PageFailed(outcome, attempt, key)
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable: the last attempt always returns")
+
+
+async def _attempt_page(
+    run: _Run, item: PlannedItem, number: int, key: str, request: FetchRequest
+) -> Page:
+    async with open_response(run.http, request, run.settings.policy) as response:
+        info = _body_info(response)
+        meta = _object_meta(run, item, info, page=number)
+        stored = await _write_page(run, key, meta, info, iter_body(response, READ_CHUNK))
+        view = PageView(number, response.url, response.headers, stored.value, stored.records)
+        return Page(item.index, number, key, response.status, info.content_type, view, stored, 1)
+
+
+async def _write_page(
+    run: _Run, key: str, meta: ObjectMeta, info: BodyInfo, chunks: AsyncIterator[bytes]
+) -> Stored:
+    """The writer seam for pages: one object per page (packing replaces this)."""
+    return await transfer(
+        chunks,
+        info,
+        writer=run.writer,
+        key=key,
+        meta=meta,
+        options=run.job.options,
+        budget=run.budget,
+        records_path=run.job.api.records_path,
+        keep=run.keep_of_page,
+    )
 
 
 def _retry_delay(run: _Run, error: Exception, attempt: int) -> float | None:
@@ -575,7 +711,9 @@ def _body_info(response: aiohttp.ClientResponse) -> BodyInfo:
     )
 
 
-def _object_meta(run: _Run, item: PlannedItem, info: BodyInfo) -> ObjectMeta:
+def _object_meta(
+    run: _Run, item: PlannedItem, info: BodyInfo, page: int | None = None
+) -> ObjectMeta:
     # Never a header value of the API request: those may be credentials.
     metadata = {
         "source-id": run.job.api.source_id,
@@ -583,6 +721,8 @@ def _object_meta(run: _Run, item: PlannedItem, info: BodyInfo) -> ObjectMeta:
         "index": str(item.index),
         "params-hash": params_hash(item.params),
     }
+    if page is not None:
+        metadata["page"] = str(page)
     return ObjectMeta(
         content_type=info.content_type or "application/json",
         content_encoding="gzip" if run.job.options.compress else None,

@@ -12,7 +12,8 @@
      │    ├── TruncatedBody                  fewer bytes than Content-Length, or a reset mid-body
      │    ├── BodyTooLarge                   more than max_body_bytes
      │    ├── InvalidBody                    expect_json and the body is not JSON/NDJSON
-     │    └── BlockedError (PermissionError) SSRF guard, scheme or allow-list refusal
+     │    ├── BlockedError (PermissionError) SSRF guard, scheme or allow-list refusal
+     │    └── PaginationError                a chain of pages loops or exceeds max_pages
      ├── WriteError                          storing a body failed
      │    ├── LocalWriteError                a file under the local destination folder
      │    └── S3WriteError                   an S3 call failed, after the patient retries
@@ -48,6 +49,7 @@ class FailureKind(StrEnum):
     BLOCKED = "blocked"
     S3_ERROR = "s3_error"
     DEADLINE = "deadline"
+    PAGINATION = "pagination"
 
 
 class IngestError(Exception):
@@ -149,6 +151,13 @@ class BlockedError(FetchError, PermissionError):
     """The URL or the address it resolves to is refused by the security policy."""
 
     kind = FailureKind.BLOCKED
+    retryable = False
+
+
+class PaginationError(FetchError):
+    """A chain of pages cannot go on: a loop, ``max_pages``, or a cursor it cannot read."""
+
+    kind = FailureKind.PAGINATION
     retryable = False
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
@@ -21,6 +21,7 @@ from aiohttp.helpers import _EXC_SENTINEL
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from yarl import URL
 
+from ingest_core.auth import AuthProvider
 from ingest_core.errors import (
     BlockedError,
     FetchConnectionError,
@@ -49,12 +50,72 @@ _PRINTABLE_ASCII_RE = re.compile(r"[\x20-\x7e]*")
 
 @dataclass(frozen=True, slots=True)
 class FetchRequest:
-    """One GET: the endpoint, its query and the (already resolved) headers."""
+    """One request: the URL, its query or JSON body, and the (already resolved) headers.
 
-    url: str
-    params: list[tuple[str, str]]
+    ``url`` is the endpoint as configured (a string, checked once per run) or a
+    next link of a chain of pages (a ``URL`` carrying its own query).
+    """
+
+    url: str | URL
+    params: list[tuple[str, str]] | None
     headers: Mapping[str, str]
     secret_header_names: frozenset[str] = frozenset()
+    method: str = "GET"
+    json: Any = None
+    auth: AuthProvider | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestShape:
+    """How every request of a run is built (DESIGN §12): method, where params go, secrets.
+
+    Built once per run; ``request`` makes one item's (or one page's) ``FetchRequest``.
+    """
+
+    endpoint: str
+    headers: Mapping[str, str]
+    secret_header_names: frozenset[str] = frozenset()
+    method: str = "GET"
+    params_in: str = "query"
+    secret_params: Mapping[str, str] = field(default_factory=dict)
+    auth: AuthProvider | None = None
+
+    def request(
+        self,
+        params: Mapping[str, Any],
+        extra: Sequence[tuple[str, str | int]] = (),
+        url: URL | None = None,
+    ) -> FetchRequest:
+        """The request for ``params`` with ``extra`` (pagination) params set on top.
+
+        ``url`` is a next link: fetched with GET as given, with only the secret
+        params its query lacks added (the link carries the rest).
+        """
+        if url is not None:
+            missing = [(k, v) for k, v in self.secret_params.items() if k not in url.query]
+            return self._make(url, (missing if self.params_in == "query" else []) or None, None)
+        if self.params_in == "json":
+            body = {**params, **dict(extra), **self.secret_params}
+            return self._make(self.endpoint, None, body, self.method)
+        if extra:
+            params = {**params, **dict(extra)}
+        query = encode_params(params)
+        if self.secret_params:
+            query.extend(self.secret_params.items())
+        return self._make(self.endpoint, query, None, self.method)
+
+    def _make(
+        self, url: str | URL, query: list[tuple[str, str]] | None, body: Any, method: str = "GET"
+    ) -> FetchRequest:
+        return FetchRequest(
+            url=url,
+            params=query,
+            headers=self.headers,
+            secret_header_names=self.secret_header_names,
+            method=method,
+            json=body,
+            auth=self.auth,
+        )
 
 
 def make_http_session(
@@ -125,33 +186,87 @@ def _scalar(value: Any) -> str:
 async def open_response(
     session: aiohttp.ClientSession, request: FetchRequest, policy: NetPolicy
 ) -> AsyncIterator[aiohttp.ClientResponse]:
-    """GET ``request`` following redirects by hand, yielding a 2xx response.
+    """Send ``request`` following redirects by hand, yielding a 2xx response.
 
     Redirects are followed here rather than by aiohttp so that every hop is
-    checked against the policy and secret headers never cross origins.
+    checked against the policy and credentials never cross origins. With an
+    auth provider, a 401 gets one more try with fresh credentials.
 
     Raises:
         FetchError: any failure, already translated.
     """
-    url = _checked_endpoint(request.url, policy)
-    headers = dict(request.headers)
-    params: list[tuple[str, str]] | None = request.params
-    for _hop in range(MAX_REDIRECTS + 1):
-        response = await _get(session, url, params, headers)
+    if isinstance(request.url, str):
+        url = _checked_endpoint(request.url, policy)
+    else:
+        url = check_url(request.url, policy)
+    retried = False
+    while True:
+        headers: Mapping[str, str] = request.headers
+        if request.auth is not None:
+            headers = {**request.headers, **await request.auth.headers()}
         try:
-            if response.status not in REDIRECT_STATUSES:
+            response = await _follow(session, request, url, headers, policy)
+        except HTTPStatusError as exc:
+            if exc.status != 401 or request.auth is None or retried:
+                raise
+            retried = True
+            if not await request.auth.on_unauthorized(headers):
+                raise
+            continue
+        try:
+            yield response
+        finally:
+            response.release()
+        return
+
+
+async def _follow(
+    session: aiohttp.ClientSession,
+    request: FetchRequest,
+    url: URL,
+    headers: Mapping[str, str],
+    policy: NetPolicy,
+) -> aiohttp.ClientResponse:
+    """The first non-redirect answer, which must be a 2xx (returned unreleased)."""
+    hop = _Hop(request.method, request.params, request.json, dict(headers))
+    for _ in range(MAX_REDIRECTS + 1):
+        response = await _send(session, url, hop)
+        if response.status not in REDIRECT_STATUSES:
+            try:
                 _raise_for_status(response)
-                yield response
-                return
+            except BaseException:
+                response.release()
+                raise
+            return response
+        try:
             next_url = _redirect_target(response, policy)
         finally:
             response.release()
-        if next_url.origin() != url.origin():
-            headers = _same_origin_only(headers, request.secret_header_names)
-        url, params = next_url, None
+        hop = hop.redirected(response.status, url, next_url, request.secret_header_names)
+        url = next_url
     raise HTTPStatusError(
         f"more than {MAX_REDIRECTS} redirects", status=response.status, retryable=False
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Hop:
+    """What one hop of a redirect chain sends."""
+
+    method: str
+    params: list[tuple[str, str]] | None
+    json: Any
+    headers: dict[str, str]
+
+    def redirected(self, status: int, url: URL, target: URL, secret_names: frozenset[str]) -> _Hop:
+        # 307/308 repeat the request as it was; the others become a plain GET (as browsers do).
+        keep = status in (307, 308)
+        body = self.json if keep else None
+        cross = target.origin() != url.origin()
+        if cross and body is not None:
+            raise BlockedError("a redirect to another origin would resend the request body")
+        headers = _same_origin_only(self.headers, secret_names) if cross else self.headers
+        return _Hop(self.method if keep else "GET", None, body, headers)
 
 
 @functools.lru_cache(maxsize=64)
@@ -170,14 +285,20 @@ def _same_origin_only(headers: Mapping[str, str], secret_names: frozenset[str]) 
     return {k: v for k, v in headers.items() if k.lower() not in dropped}
 
 
-async def _get(
-    session: aiohttp.ClientSession,
-    url: URL,
-    params: list[tuple[str, str]] | None,
-    headers: Mapping[str, str],
-) -> aiohttp.ClientResponse:
+async def _send(session: aiohttp.ClientSession, url: URL, hop: _Hop) -> aiohttp.ClientResponse:
     try:
-        return await session.get(url, params=params, headers=headers, allow_redirects=False)
+        if hop.method == "GET" and hop.json is None:
+            return await session.get(
+                url, params=hop.params, headers=hop.headers, allow_redirects=False
+            )
+        return await session.request(
+            hop.method,
+            url,
+            params=hop.params,
+            json=hop.json,
+            headers=hop.headers,
+            allow_redirects=False,
+        )
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise translate_client_error(exc) from exc
     except ValueError as exc:

@@ -22,9 +22,10 @@ from urllib.parse import quote
 import orjson
 
 DEFAULT_KEY_TEMPLATE = "{source_id}/{request_id}-{index}.json"
+PAGINATED_KEY_TEMPLATE = "{source_id}/{request_id}-{index}-{page}.json"
 MAX_KEY_BYTES = 1024
 
-_FIXED_FIELDS = frozenset({"source_id", "request_id", "index", "params_hash"})
+_FIXED_FIELDS = frozenset({"source_id", "request_id", "index", "page", "params_hash"})
 _UNIQUE_FIELDS = frozenset({"index", "params_hash"})
 _PARAM_PREFIX = "param."
 # Dots and brackets would read as attribute or index access; whitespace and
@@ -185,6 +186,11 @@ class KeyTemplate:
         return any(field in _UNIQUE_FIELDS for _, field in self.parts)
 
     @property
+    def uses_page(self) -> bool:
+        """True when the template has ``{page}`` (DESIGN §11)."""
+        return any(field == "page" for _, field in self.parts)
+
+    @property
     def param_names(self) -> frozenset[str]:
         """The NAMEs of every ``{param.NAME}`` placeholder."""
         return frozenset(
@@ -201,6 +207,7 @@ class KeyTemplate:
         index: int,
         params: Mapping[str, Any],
         suffix: str = "",
+        page: int = 0,
     ) -> str:
         """Render one item's key and validate it.
 
@@ -210,6 +217,7 @@ class KeyTemplate:
             index: The item's global index.
             params: The item's params, for ``{param.NAME}`` and ``{params_hash}``.
             suffix: Appended after rendering (the writer passes ``".gz"``).
+            page: The 0-based page number within the item, for ``{page}``.
 
         Returns:
             The validated key.
@@ -218,7 +226,12 @@ class KeyTemplate:
             ValueError: a ``{param.NAME}`` is missing from ``params``, or the key
                 fails ``validate_key``.
         """
-        fixed = {"source_id": source_id, "request_id": request_id, "index": str(index)}
+        fixed = {
+            "source_id": source_id,
+            "request_id": request_id,
+            "index": str(index),
+            "page": str(page),
+        }
         out: list[str] = []
         for literal, field in self.parts:
             out.append(literal)
@@ -261,7 +274,7 @@ def _check_field(field: str | None, spec: str | None, conversion: str | None) ->
         return field
     raise ValueError(
         f"placeholder {shown} is not one of {{source_id}}, {{request_id}}, {{index}},"
-        " {params_hash} or {param.NAME}"
+        " {page}, {params_hash} or {param.NAME}"
     )
 
 

@@ -24,11 +24,24 @@ def count_records(
         body: the whole response body.
         records_path: dotted path to the array of records inside a JSON object.
     """
+    return read_records(body, records_path)[0]
+
+
+NOT_ONE_VALUE: Any = object()  # the body is NDJSON or not JSON at all
+
+
+def read_records(
+    body: bytes | bytearray | memoryview, records_path: str | None = None
+) -> tuple[int | None, Any]:
+    """``count_records`` plus the parsed JSON value (``NOT_ONE_VALUE`` for NDJSON or text).
+
+    One parse serves both the count and a paginator reading its cursor.
+    """
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return _count_ndjson(bytes(body))
-    return _count_value(value, records_path)
+        return _count_ndjson(bytes(body)), NOT_ONE_VALUE
+    return _count_value(value, records_path), value
 
 
 def _count_value(value: Any, records_path: str | None) -> int | None:

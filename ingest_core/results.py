@@ -96,6 +96,9 @@ class ItemResult:
     s3_attempts: int = 0  # the most attempts one S3 call of the item needed
     s3_retries: int = 0  # S3 attempts beyond the first, over all its calls
     throttled: int = 0  # 429/503 from the API and SlowDown from S3 this item met
+    # With pagination (DESIGN §11): pages written and their keys, in page order.
+    pages: int | None = None
+    page_keys: tuple[str, ...] = ()
 
     @property
     def succeeded(self) -> bool:
@@ -125,6 +128,8 @@ class ItemResult:
         }
         if self.pack is not None:
             line["pack"] = self.pack.to_dict()
+        if self.pages is not None:
+            line.update(pages=self.pages, keys=list(self.page_keys))
         if self.kind is not None:
             line.update(kind=self.kind.value, http_status=self.http_status, error=self.error)
         return orjson.dumps(line) + b"\n"
@@ -159,6 +164,7 @@ class Tally:
     skipped: int = 0
     records: int | None = 0
     bytes_written: int = 0
+    pages_written: int = 0
     retries: int = 0
     throttled: int = 0
     latencies_ms: list[int] = field(default_factory=list)
@@ -192,6 +198,7 @@ class Tally:
             self.skipped += 1
             return
         self.bytes_written += result.stored_bytes
+        self.pages_written += 1 if result.pages is None else result.pages
         self._sample_latency(result.latency_ms)
         if self.records is not None:
             self.records = None if result.records is None else self.records + result.records
@@ -257,6 +264,7 @@ class Tally:
             "skipped_existing": self.skipped,
             "records_ingested": self.records,
             "bytes_written": self.bytes_written,
+            "pages_written": self.pages_written,
             "retries": self.retries,
             "throttled": self.throttled,
             "duration_ms": duration_ms,

@@ -1,4 +1,4 @@
-"""``secret_headers``: references resolved at run time, never the secrets themselves.
+"""``secret_headers``, ``secret_params`` and auth credentials: references, never secrets.
 
 A reference is ``secretsmanager:NAME``, ``secretsmanager:NAME#json_key`` or
 ``ssm:/param/name``. Values are fetched with Powertools Parameters, which caches
@@ -54,13 +54,34 @@ def resolve_secret_headers(secret_headers: Mapping[str, str]) -> dict[str, str]:
     Raises:
         SecretResolutionError: naming the header and reference, never a value.
     """
-    resolved = {name: _resolve(name, ref) for name, ref in secret_headers.items()}
-    for value in resolved.values():
-        register_secret(value)
-    return resolved
+    return {
+        name: resolve_secret(f"secret_headers.{name}", ref) for name, ref in secret_headers.items()
+    }
 
 
-def _resolve(header: str, ref: str) -> str:
+def resolve_secret_params(secret_params: Mapping[str, str]) -> dict[str, str]:
+    """Resolve ``secret_params`` (DESIGN §12) like ``secret_headers``.
+
+    Raises:
+        SecretResolutionError: naming the parameter and reference, never a value.
+    """
+    return {
+        name: resolve_secret(f"secret_params.{name}", ref) for name, ref in secret_params.items()
+    }
+
+
+def resolve_secret(label: str, ref: str) -> str:
+    """Resolve one reference; ``label`` names where it came from in error messages.
+
+    Raises:
+        SecretResolutionError: naming ``label`` and the reference, never a value.
+    """
+    value = _fetch(label, ref)
+    register_secret(value)  # scrubbed from every log, result and message from now on
+    return value
+
+
+def _fetch(label: str, ref: str) -> str:
     try:
         with _botocore_quiet():
             if ref.startswith("ssm:"):
@@ -68,11 +89,11 @@ def _resolve(header: str, ref: str) -> str:
             name, _, json_key = ref.removeprefix("secretsmanager:").partition("#")
             return _secret(name, json_key or None)
     except SecretResolutionError as exc:
-        raise SecretResolutionError(f"secret_headers.{header} ({ref}): {exc}") from None
+        raise SecretResolutionError(f"{label} ({ref}): {exc}") from None
     except Exception as exc:
         # The exception text of a provider may quote what it fetched: name the type only.
         raise SecretResolutionError(
-            f"secret_headers.{header} ({ref}): could not be resolved ({type(exc).__name__})"
+            f"{label} ({ref}): could not be resolved ({type(exc).__name__})"
         ) from None
 
 

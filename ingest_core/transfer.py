@@ -10,13 +10,14 @@ cancellation.
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ingest_core.config import Options
 from ingest_core.errors import BodyTooLarge, InvalidBody, TruncatedBody
 from ingest_core.limits import ByteBudget
-from ingest_core.records import count_records, looks_like_json
+from ingest_core.records import NOT_ONE_VALUE, looks_like_json, read_records
 from ingest_core.writers import MultipartUpload, ObjectMeta, ObjectWriter, abort_upload
 
 # What a body of unknown length may buffer before it must reserve a whole part.
@@ -44,6 +45,9 @@ class Stored:
     stored: int
     records: int | None
     multipart: bool
+    # What ``keep`` took from the body parsed as one JSON value, when it went as
+    # one PUT (pagination reads its cursor there); NOT_ONE_VALUE otherwise.
+    value: Any = NOT_ONE_VALUE
 
 
 class _PartBuffer:
@@ -90,9 +94,10 @@ class _Transfer:
         options: Options,
         budget: ByteBudget,
         records_path: str | None,
+        keep: Callable[[Any], Any] | None = None,
     ) -> None:
         self.writer, self.key, self.meta, self.options = writer, key, meta, options
-        self.budget, self.records_path = budget, records_path
+        self.budget, self.records_path, self.keep = budget, records_path, keep
         self.part_size = options.part_size
         self.buf = _PartBuffer(0)
         self.received = 0
@@ -188,11 +193,11 @@ class _Transfer:
         return Stored(self.received, self.stored, None, multipart=True)
 
     async def _put_whole(self) -> Stored:
-        records = None
+        records, value = None, NOT_ONE_VALUE
         if self.received > self.part_size:  # compressed into one part, too big to parse
             self._judge_large_body()
         else:
-            records = self._records()
+            records, value = self._records()
             if self.options.expect_json and records is None:
                 why = "body is not JSON or NDJSON" if self.received else "body is empty"
                 raise InvalidBody(why)
@@ -200,22 +205,28 @@ class _Transfer:
         # never saw (one body per PUT in flight).
         with self.buf.view() as body:
             await self.writer.put(self.key, body, self.meta)
-            return Stored(self.received, len(body), records, multipart=False)
+            return Stored(self.received, len(body), records, multipart=False, value=value)
 
-    def _records(self) -> int | None:
-        """Count the records of a body held whole in the buffer.
+    def _records(self) -> tuple[int | None, Any]:
+        """Count the records of a body held whole in the buffer, and its parsed value.
 
         A compressed body is inflated here, synchronously: no other item can run
         meanwhile, so at most one uncompressed part exists outside the budget at
-        any moment, instead of one per item in flight.
+        any moment, instead of one per item in flight. The parsed value (for a
+        paginator to read its cursor) is reduced to what ``keep`` takes.
         """
         if not self.received:
-            return None
+            return None, NOT_ONE_VALUE
         with self.buf.view() as held:
             if self.gzip is None:
-                return count_records(held, self.records_path)
-            raw = zlib.decompress(held, wbits=31)
-        return count_records(raw, self.records_path)
+                records, value = read_records(held, self.records_path)
+            else:
+                records, value = read_records(zlib.decompress(held, wbits=31), self.records_path)
+        # The whole parsed body may be many times its size: only what ``keep``
+        # takes from it outlives this call (and nothing without ``keep``).
+        if self.keep is None or value is NOT_ONE_VALUE:
+            return records, NOT_ONE_VALUE
+        return records, self.keep(value)
 
     async def _abort(self) -> None:
         if self.upload is not None:
@@ -232,12 +243,16 @@ async def transfer(
     options: Options,
     budget: ByteBudget,
     records_path: str | None = None,
+    keep: Callable[[Any], Any] | None = None,
 ) -> Stored:
     """Stream ``chunks`` into ``writer`` under ``key``.
 
     Raises:
         FetchError: the body failed (truncated, too large, invalid); nothing kept.
         WriteError: storing failed; nothing kept.
+
+    ``keep``: called with the body's parsed JSON value (when it went as one PUT);
+    what it returns is ``Stored.value``.
     """
-    job = _Transfer(writer, key, meta, options, budget, records_path)
+    job = _Transfer(writer, key, meta, options, budget, records_path, keep)
     return await job.run(chunks, info)

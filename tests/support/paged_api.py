@@ -1,0 +1,171 @@
+"""A paginated API for functional tests: one data set per ``date``, every pagination type.
+
+Each item (a ``date``) owns ``total`` records ``{"date": d, "n": i}``; every route
+serves them in pages of ``page_size`` in its own style. Requests are recorded
+(path, query, JSON body), and ``faults`` makes chosen pages answer an error.
+
+Routes (all GET unless said):
+
+- ``/link``: ``Link: <...>; rel="next"``, relative or (``absolute_links``) absolute
+- ``/json``: ``{"items": [...], "links": {"next": URL or null}}``
+- ``/cursor``: ``{"items": [...], "meta": {"next_cursor": C or null}}``
+- ``/hcursor``: cursor in the ``X-Next-Cursor`` header
+- ``/offset``: ``offset``/``limit`` params, ``{"items", "total"}`` and ``X-Total-Count``
+- ``/pages``: ``page`` param (from 1), ``{"items", "total_pages", "total"}``
+- ``/search`` (POST): the JSON body holds ``date`` and ``cursor``
+- ``/loop``: a cursor that always points back to the same page
+- ``/away``: a next link to ``away_origin`` (another origin)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_TOTAL = 25
+DEFAULT_PAGE_SIZE = 10
+
+
+@dataclass
+class Seen:
+    """One request as the API saw it."""
+
+    path: str
+    query: dict[str, str]
+    body: Any
+    headers: dict[str, str]
+
+
+@dataclass
+class PagedAPI:
+    """See the module docstring."""
+
+    total: int = DEFAULT_TOTAL
+    page_size: int = DEFAULT_PAGE_SIZE
+    totals: dict[str, int] = field(default_factory=dict)  # per date, overriding ``total``
+    announced_total: int | None = None  # what /offset and /pages claim, when it lies
+    absolute_links: bool = False
+    away_origin: str = "http://127.0.0.1:9"
+    latency_s: float = 0.0
+    # (path, start record) -> HTTP statuses to answer, one per hit, before serving normally
+    faults: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    @property
+    def app(self) -> web.Application:
+        app = web.Application()
+        for name in ("link", "json", "cursor", "hcursor", "offset", "pages", "loop", "away"):
+            app.router.add_get(f"/{name}", self._handle)
+        app.router.add_post("/search", self._handle)
+        return app
+
+    def hits(self, path: str) -> int:
+        return sum(1 for s in self.seen if s.path == path)
+
+    def records_of(self, date: str) -> list[dict[str, Any]]:
+        return [{"date": date, "n": i} for i in range(self.totals.get(date, self.total))]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json() if request.method == "POST" else None
+        query = dict(request.query)
+        self.seen.append(Seen(request.path, query, body, dict(request.headers)))
+        if self.latency_s:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                await asyncio.sleep(self.latency_s)
+            finally:
+                self.in_flight -= 1
+        params = {**query, **(body or {})}
+        route = request.path.strip("/")
+        start = self._start(route, params)
+        pending = self.faults.get((request.path, start))
+        if pending:
+            return web.Response(status=pending.pop(0), text="fault")
+        records = self.records_of(str(params.get("date", "")))
+        size = int(params.get("limit", self.page_size)) if route == "offset" else self.page_size
+        page = records[start : start + size]
+        more = start + size < len(records)
+        return getattr(self, f"_{route}")(request, params, page, start + size, more, records)
+
+    def _start(self, route: str, params: dict[str, Any]) -> int:
+        if route == "offset":
+            return int(params.get("offset", 0))
+        if route == "pages":
+            return (int(params.get("page", 1)) - 1) * self.page_size
+        if route in ("loop", "away"):
+            return 0
+        return int(params.get("after", params.get("cursor", 0)))
+
+    def _next_link(self, request: web.Request, after: int) -> str:
+        query = f"date={request.query.get('date', '')}&after={after}"
+        path = f"{request.path}?{query}"
+        return f"{request.scheme}://{request.host}{path}" if self.absolute_links else path
+
+    def _link(
+        self, request: web.Request, _p: Any, page: list[Any], after: int, more: bool, _r: Any
+    ) -> web.Response:
+        headers = {"Link": f'<{self._next_link(request, after)}>; rel="next"'} if more else {}
+        return web.json_response(page, headers=headers)
+
+    def _json(
+        self, request: web.Request, _p: Any, page: list[Any], after: int, more: bool, _r: Any
+    ) -> web.Response:
+        link = self._next_link(request, after) if more else None
+        return web.json_response({"items": page, "links": {"next": link}})
+
+    def _cursor(
+        self, _q: web.Request, _p: Any, page: list[Any], after: int, more: bool, _r: Any
+    ) -> web.Response:
+        return web.json_response(
+            {"items": page, "meta": {"next_cursor": str(after) if more else None}}
+        )
+
+    def _hcursor(
+        self, _q: web.Request, _p: Any, page: list[Any], after: int, more: bool, _r: Any
+    ) -> web.Response:
+        headers = {"X-Next-Cursor": str(after)} if more else {}
+        return web.json_response({"items": page}, headers=headers)
+
+    def _search(
+        self, q: web.Request, p: Any, page: list[Any], after: int, more: bool, r: Any
+    ) -> web.Response:
+        return self._cursor(q, p, page, after, more, r)
+
+    def _offset(
+        self, _q: web.Request, _p: Any, page: list[Any], _a: int, _m: bool, records: list[Any]
+    ) -> web.Response:
+        total = len(records) if self.announced_total is None else self.announced_total
+        return web.json_response(
+            {"items": page, "total": total}, headers={"X-Total-Count": str(total)}
+        )
+
+    def _pages(
+        self, _q: web.Request, _p: Any, page: list[Any], _a: int, _m: bool, records: list[Any]
+    ) -> web.Response:
+        total = len(records) if self.announced_total is None else self.announced_total
+        pages = math.ceil(total / self.page_size)
+        return web.json_response({"items": page, "total_pages": pages, "total": total})
+
+    def _loop(
+        self, _q: web.Request, _p: Any, page: list[Any], _a: int, _m: bool, _r: Any
+    ) -> web.Response:
+        return web.json_response({"items": page, "meta": {"next_cursor": "again"}})
+
+    def _away(
+        self, _q: web.Request, _p: Any, page: list[Any], _a: int, _m: bool, _r: Any
+    ) -> web.Response:
+        headers = {"Link": f'<{self.away_origin}/steal?x=1>; rel="next"'}
+        return web.json_response(page, headers=headers)
+
+
+def page_body(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records as a JSON round trip (what a stored page parses back to)."""
+    return json.loads(json.dumps(records))
