@@ -43,12 +43,12 @@ _runner = asyncio.Runner()
 _pool = S3ClientPool()  # lives as long as _runner's loop
 
 # Garbage collection (docs/PERFORMANCE.md, "Decision: garbage collection"): the
-# modules imported above are ~100,000 objects that live as long as the process;
-# frozen, no collection walks them again. A run allocates a few dozen short-lived
-# containers per item, so at the default gen-0 threshold (700) a collection ran
-# every ~20 items; at this threshold one runs every ~500 items.
+# modules imported above are ~45,000 objects that live as long as the process;
+# frozen, no collection walks them again (no gc.collect() first: it cost 40-80 ms
+# of cold start, for a few KB of import-time garbage). A run allocates a few dozen
+# short-lived containers per item, so at the default gen-0 threshold (700) a
+# collection ran every ~20 items; at this threshold one runs every ~500 items.
 GC_GEN0_THRESHOLD = 10_000
-gc.collect()
 gc.freeze()
 gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 

@@ -16,6 +16,8 @@ from benchmarks.peers import REPO_ROOT, WorkerSpec, run_worker, worker_env
 from benchmarks.report import Section, Table, Verdict
 from benchmarks.servers import ApiOptions, start_servers
 
+PACKAGE_MAX_MB = 55  # issue 13: the Lambda package stays under its size at the time, unzipped
+PACKAGE_BUILD_TIMEOUT_S = 300
 IMPORT_RUNS = 5  # fresh interpreters per import probe
 QUICK_IMPORT_RUNS = 3
 WARM_INVOCATIONS = 20
@@ -183,6 +185,8 @@ def run(bench: Bench) -> Section:
         section.tables.append(breakdown)
     section.tables.append(_warm_table(warm))
     section.verdicts += _startup_verdicts(import_rows, warm)
+    if not bench.quick:
+        section.verdicts.append(_package_verdict(bench.log_dir / "lambda-package"))
     section.raw = {"imports": import_rows, "warm": warm}
     return section
 
@@ -252,3 +256,28 @@ def _startup_verdicts(import_rows: list[list[Any]], warm: dict[str, Any]) -> lis
             )
         )
     return verdicts
+
+
+def _package_verdict(artifacts: Path) -> Verdict:
+    """Build the function as ``sam build`` does (the Makefile recipe) and weigh it unzipped."""
+    claim = f"Lambda package <= {PACKAGE_MAX_MB} MB unzipped (make build-IngestFunction)"
+    try:
+        done = subprocess.run(
+            ["make", "build-IngestFunction", f"ARTIFACTS_DIR={artifacts}"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=PACKAGE_BUILD_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Verdict("T5", claim, f"build did not run: {exc}"[:160], "N/A")
+    if done.returncode != 0:  # offline: pip cannot fetch the arm64 wheels
+        return Verdict("T5", claim, f"build failed: {done.stderr.strip()[-160:]}", "N/A")
+    size = sum(f.stat().st_size for f in artifacts.rglob("*") if f.is_file()) / 1e6
+    return Verdict(
+        "T5",
+        claim,
+        f"{size:.1f} MB in {artifacts.name}",
+        "PASS" if size <= PACKAGE_MAX_MB else "FAIL",
+    )

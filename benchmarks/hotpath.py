@@ -1,0 +1,239 @@
+"""Where the client CPU of one item goes: a sampling profile of the handler, by stage.
+
+    python -m benchmarks.hotpath [--items 2000] [--concurrency 64] [--body-bytes 9000]
+                                 [--s3 sink|moto] [--top 25] [--stages-only]
+
+First, each per-item step of ours that the raw floor does not do (JSON check,
+MD5, signing, key, params hash, manifest line) is timed alone with ``timeit``:
+exact figures, independent of load. Then, needing pyinstrument (the ``bench``
+extra), it starts the fake API and S3 servers
+(their own processes), then in this process runs the handler once unprofiled
+(CPU per item, the reference) and once under pyinstrument's sampler (1 ms),
+each after a warm-up invocation. Every sampled frame's own time goes to one
+stage (``STAGES``: the first matching rule wins); time the loop spent waiting in
+``select`` is idle, not CPU, and is left out. The stages are shown in µs per
+item, scaled so they add up to the unprofiled CPU per item: the sampler barely
+slows the run, so its shares are close to the real ones (cProfile's are not: its
+per-call cost inflates Python code far more than C calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks.peers import LocalContext, WorkerSpec, fanout_event, worker_env
+from benchmarks.servers import ApiOptions, start_servers
+
+WARMUP_ITEMS = 200
+
+# (stage, substrings of "file:function"); the first rule that matches a function wins.
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("idle: waiting in select (not CPU)", ("selectors.py:select", "epoll.poll")),
+    ("JSON check + record count", ("ingest_core/records.py",)),
+    ("MD5 of the body (Content-MD5)", ("writers.py:of_bytes",)),
+    ("SigV4 signing", ("ingest_core/sigv4.py", "writers.py:_signed_headers")),
+    ("key rendering + params hash", ("ingest_core/keys.py",)),
+    ("manifest line + tally", ("ingest_core/results.py",)),
+    ("Powertools, logging, metrics", ("aws_lambda_powertools", "ingest_core/observability.py")),
+    ("transfer (buffering, budget)", ("ingest_core/transfer.py", "ingest_core/limits.py")),
+    ("engine (per-item bookkeeping, timeouts)", ("ingest_core/engine.py",)),
+    ("fetcher (GET, redirects, errors)", ("ingest_core/fetcher.py", "ingest_core/netguard.py")),
+    ("writer (lean PUT request)", ("ingest_core/writers.py",)),
+    ("aiohttp client (requests, responses, parsing)", ("aiohttp/", "yarl/", "multidict/")),
+    (
+        "socket system calls (wall time: the kernel's loopback work, inflated under load)",
+        ("<built-in>:socket.",),
+    ),
+    ("event loop, tasks, transports", ("asyncio/", "selectors.py", "socket.py")),
+    ("benchmark harness (building the event)", ("benchmarks/",)),
+)
+OTHER = "other (stdlib, botocore, interpreter)"
+IDLE = STAGES[0][0]
+KERNEL_CALLS = frozenset({"socket.send", "socket.recv", "socket.connect", "epoll.poll"})
+
+
+def stage_of(where: str) -> str:
+    """The stage of a frame named ``path/to/file.py:function``."""
+    for stage, needles in STAGES:
+        if any(needle in where for needle in needles):
+            return stage
+    return OTHER
+
+
+def self_times(root: Any) -> dict[str, float]:
+    """Seconds sampled in each frame itself (not its children), by ``file:function``."""
+    out: dict[str, float] = defaultdict(float)
+    stack = [(root, "")]
+    while stack:
+        frame, parent = stack.pop()
+        where = f"{frame.file_path or ''}:{frame.function}"
+        if frame.is_synthetic:  # "[self]", "[await]" and the like: the parent's own time
+            where = parent
+        elif where.startswith("<built-in>") and frame.function not in KERNEL_CALLS:
+            where = f"{parent} -> {frame.function}"  # a C function: its caller's stage
+        children = frame.children
+        out[where] += max(0.0, frame.time - sum(child.time for child in children))
+        stack.extend((child, where) for child in children)
+    return out
+
+
+def stage_costs(body_bytes: int, repeat: int = 5, number: int = 5_000) -> list[tuple[str, float]]:
+    """µs per call of each per-item step of ours that the raw floor does not do, in isolation."""
+    import base64
+    import hashlib
+    import timeit
+
+    from benchmarks.servers import body_layout
+    from ingest_core.keys import KeyTemplate, params_hash
+    from ingest_core.records import count_records
+    from ingest_core.results import ItemResult, ItemStatus
+    from ingest_core.sigv4 import Credentials, sign_put
+
+    layout = body_layout(body_bytes, "0123456789abcdef")
+    body = b"[" + b",".join([layout.record] * (layout.count - 1) + [layout.last]) + b"]"
+    params = {"date": "2020-01-05", "i": 5}
+    template = KeyTemplate.parse("{source_id}/{request_id}-{index}.json")
+    headers = {
+        "Content-Type": "application/json",
+        "Content-MD5": "1B2M2Y8AsgTpgAmY7PhCfg==",
+        "Content-Length": str(body_bytes),
+        "x-amz-meta-source-id": "bench",
+        "x-amz-meta-request-id": "bench-run-001",
+        "x-amz-meta-index": "5",
+        "x-amz-meta-params-hash": "0123456789abcdef",
+    }
+    credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    result = ItemResult(5, params, "bench/r-5.json", ItemStatus.WRITTEN, 1, 9000, 9000, 49, 12)
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("JSON check + record count (orjson.loads)", lambda: count_records(body)),
+        (
+            "MD5 of the body, base64 (Content-MD5)",
+            lambda: base64.b64encode(hashlib.md5(body).digest()),
+        ),
+        (
+            "SHA-256 of the body (no longer done: UNSIGNED-PAYLOAD)",
+            lambda: hashlib.sha256(body).hexdigest(),
+        ),
+        (
+            "SigV4 signature of the PUT",
+            lambda: sign_put(
+                host="127.0.0.1:9000",
+                path="/bench-bucket/bench/r-5.json",
+                region="us-east-1",
+                credentials=credentials,
+                headers=headers,
+            ),
+        ),
+        (
+            "key rendering and validation",
+            lambda: template.render(
+                source_id="bench", request_id="bench-run-001", index=5, params=params
+            ),
+        ),
+        ("params hash (object metadata)", lambda: params_hash(params)),
+        ("manifest line (orjson)", result.manifest_line),
+        ("copy of the body out of the part buffer", lambda: bytes(memoryview(bytearray(body)))),
+    ]
+    return [
+        (name, min(timeit.repeat(step, number=number, repeat=repeat)) / number * 1e6)
+        for name, step in steps
+    ]
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Profile the handler and print the per-stage table."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.hotpath", description=__doc__)
+    parser.add_argument("--items", type=int, default=2_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--body-bytes", type=int, default=9_000)
+    parser.add_argument("--s3", default="sink")
+    parser.add_argument("--top", type=int, default=25, help="also list the top N functions")
+    parser.add_argument("--html", help="also write pyinstrument's HTML report here")
+    parser.add_argument(
+        "--stages-only", action="store_true", help="only time the per-item steps in isolation"
+    )
+    args = parser.parse_args(argv)
+    print(f"\nPer-item steps in isolation ({args.body_bytes}-byte body, best of 5):\n")
+    print("| step | µs |\n| --- | --- |")
+    for name, micros in stage_costs(args.body_bytes):
+        print(f"| {name} | {micros:.1f} |")
+    if args.stages_only:
+        return 0
+
+    with start_servers(api=ApiOptions(body_bytes=args.body_bytes), s3=args.s3) as servers:
+        os.environ.clear()
+        os.environ.update(worker_env(servers.s3_url))
+        from handler.app import lambda_handler
+
+        spec = WorkerSpec(
+            impl="fanout_ingest",
+            api_url=servers.api_url,
+            s3_url=servers.s3_url,
+            bucket=servers.bucket,
+            items=args.items,
+            concurrency=args.concurrency,
+            run_id="hotpath",
+            body_bytes=args.body_bytes,
+        )
+        stamp = time.strftime("%H%M%S")
+
+        def invoke(tag: str, count: int) -> dict[str, Any]:
+            run_id = f"hotpath-{stamp}-{tag}"
+            return lambda_handler(fanout_event(spec, run_id, count), LocalContext(run_id))
+
+        invoke("warm1", WARMUP_ITEMS)
+        before = _cpu()
+        plain = invoke("plain", args.items)
+        plain_us = (_cpu() - before) / args.items * 1e6
+        invoke("warm2", WARMUP_ITEMS)
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.001, async_mode="disabled")
+        profiler.start()
+        profiled = invoke("profiled", args.items)
+        session = profiler.stop()
+    for result in (plain, profiled):
+        if result["succeeded"] != args.items:
+            print(f"run failed: {result.get('failures', [])[:2]}", file=sys.stderr)
+            return 1
+    if args.html:
+        profiler.write_html(args.html)
+    frames = self_times(session.root_frame())
+    by_stage: dict[str, float] = defaultdict(float)
+    for where, seconds in frames.items():
+        by_stage[stage_of(where)] += seconds
+    idle = by_stage.pop(IDLE, 0.0)
+    total = sum(by_stage.values())
+    print(
+        f"{args.items} items of {args.body_bytes} bytes at c={args.concurrency}, S3 {args.s3}: "
+        f"{plain_us:.0f} µs/item CPU unprofiled; sampled {total / args.items * 1e6:.0f} µs/item "
+        f"busy + {idle / args.items * 1e6:.0f} idle in select; stages scaled to the unprofiled "
+        "figure"
+    )
+    print("\n| stage | µs/item | share |\n| --- | --- | --- |")
+    for stage, seconds in sorted(by_stage.items(), key=lambda kv: -kv[1]):
+        share = seconds / total
+        print(f"| {stage} | {share * plain_us:.0f} | {share:.0%} |")
+    if args.top:
+        print(f"\ntop {args.top} frames by own time (sampled µs/item):")
+        ranked = sorted(frames.items(), key=lambda kv: -kv[1])[: args.top]
+        for where, seconds in ranked:
+            short = where.split("site-packages/")[-1].split("lib/python3")[-1]
+            print(f"  {seconds / args.items * 1e6:7.1f}  {short}  [{stage_of(where)}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
