@@ -127,11 +127,15 @@ class Bench:
         warmup: int = DEFAULT_WARMUP_ITEMS,
         sample_rss: bool = False,
         verify: bool = True,
+        check: Callable[[dict[str, Any], int, int], str | None] | None = None,
     ) -> dict[str, Any]:
         """Run one worker, check what landed in S3 and return its record.
 
         ``verify=False``: the implementation writes something other than one object
         per item (a peer such as dlt); the scenario checks it instead.
+        By default the run's prefix must hold one object of ``body_bytes`` per item;
+        ``check(record, objects, bytes)`` replaces that test (packed runs), returning
+        what is wrong or None.
         """
         self._count += 1
         run_id = f"bench-{self.stamp}-{self._count:03d}-{impl.replace('_', '')}"
@@ -167,7 +171,7 @@ class Bench:
             s3=servers.s3_kind,
         )
         if record["status"] == "ok" and verify:
-            self._verify(servers, record, items * body_bytes)
+            self._verify(servers, record, items * body_bytes, check)
         self._progress(record)
         return record
 
@@ -181,15 +185,28 @@ class Bench:
                 break
         return time.monotonic() - started
 
-    def _verify(self, servers: Servers, record: dict[str, Any], expected_bytes: int) -> None:
+    def _verify(
+        self,
+        servers: Servers,
+        record: dict[str, Any],
+        expected_bytes: int,
+        check: Callable[[dict[str, Any], int, int], str | None] | None,
+    ) -> None:
         count, size = count_objects(servers, key_prefix(record["run_id"]))
-        record["verified"] = (count, size) == (record["items"], expected_bytes)
-        if not record["verified"]:
-            record["status"] = "failed"
-            record.setdefault("errors", []).append(
+        record["objects"], record["object_bytes"] = count, size
+        if check is not None:
+            problem = check(record, count, size)
+        elif (count, size) != (record["items"], expected_bytes):
+            problem = (
                 f"S3 holds {count} objects / {size} bytes under the run's prefix; expected "
                 f"{record['items']} / {expected_bytes}"
             )
+        else:
+            problem = None
+        record["verified"] = problem is None
+        if problem is not None:
+            record["status"] = "failed"
+            record.setdefault("errors", []).append(problem)
 
     def _progress(self, record: dict[str, Any]) -> None:
         impl, concurrency, items = record["impl"], record["concurrency"], record["items"]

@@ -311,7 +311,9 @@ def make_sink_app() -> web.Application:
         except (ValueError, ElementTree.ParseError) as exc:
             return _s3_error(400, "InvalidRequest", str(exc), state)
 
-    app = web.Application(client_max_size=64 << 20)
+    # S3 stores a Content-Encoding: gzip body as sent; aiohttp's server would inflate it
+    # and the Content-MD5 of the gzip bytes would then never match.
+    app = web.Application(client_max_size=64 << 20, handler_args={"auto_decompress": False})
     app["state"] = state
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

@@ -51,9 +51,6 @@ from ingest_core.writers import MultipartUpload, ObjectMeta, ObjectWriter
 
 log = logging.getLogger(__name__)
 
-# Level 1: on 9 KB JSON bodies it costs about a third of level 6's CPU for a ratio
-# within ~15% of it (docs/PERFORMANCE.md, "Packing"); S3 bytes are cheap, CPU per item is not.
-GZIP_LEVEL = 1
 FLUSH_EVERY = 1024 * 1024  # uncompressed bytes between restart points in a gzip object
 SMALL_RESERVATION = 256 * 1024
 PACK_CONTENT_TYPE = "application/x-ndjson"
@@ -252,10 +249,12 @@ class _Held:
 class _Object:
     """One pack object being filled: its compressor, part buffer and items."""
 
-    def __init__(self, key: str, compression: str) -> None:
+    def __init__(self, key: str, pack: PackOptions) -> None:
         self.key = key
         self.gzip = (
-            zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if compression == "gzip" else None
+            zlib.compressobj(pack.gzip_level, zlib.DEFLATED, 31)
+            if pack.compression == "gzip"
+            else None
         )
         self.buf = bytearray()
         self.upload: MultipartUpload | None = None
@@ -432,7 +431,7 @@ class Packer:
             await self._complete(obj)
 
     def _new_object(self) -> _Object:
-        obj = _Object(self.keys.key(self._part), self.pack.compression)
+        obj = _Object(self.keys.key(self._part), self.pack)
         self._part += 1
         self._open = obj
         return obj

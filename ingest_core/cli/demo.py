@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import logging
 import shlex
@@ -55,6 +56,7 @@ DEMO_CREDENTIAL = "demo"  # moto accepts any; never the user's
 # for this run alone, through these objects rather than the environment.
 POLICY = NetPolicy(allow_private_networks=True)
 KEYS_SHOWN = 3
+PACK_LINE_SHOWN = 160
 BODY_LINES_SHOWN = 14
 
 
@@ -71,11 +73,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="after the run, keep the embedded S3 serving until Ctrl-C, to browse it",
     )
+    parser.add_argument(
+        "--pack",
+        choices=("response", "record"),
+        help="pack the days into one NDJSON object (DESIGN §13) instead of one object each",
+    )
     add_progress_flag(parser)
 
 
-def demo_event(endpoint: str) -> dict[str, Any]:
-    """The event the demo runs: 90 days, one request each."""
+def demo_event(endpoint: str, pack: str | None = None) -> dict[str, Any]:
+    """The event the demo runs: 90 days, one request each (packed with ``pack``)."""
+    options = {**OPTIONS, "pack": {"unit": pack}} if pack else OPTIONS
     return {
         "api_config": {
             "endpoint": endpoint,
@@ -84,7 +92,7 @@ def demo_event(endpoint: str) -> dict[str, Any]:
             "records_path": RECORDS_PATH,
             "headers": {"Accept": "application/json"},
         },
-        "options": OPTIONS,
+        "options": options,
         "request_id": REQUEST_ID,
         "date_range": {"start": START, "end": END, "param": "date", "step": "1d"},
     }
@@ -136,7 +144,7 @@ async def _demo(args: argparse.Namespace, s3_endpoint: str | None, stop: asyncio
 
     items: dict[int, ItemResult] = {}
     async with SampleAPI(not_found_days=[NOT_FOUND_DAY], flaky_days=FLAKY_DAYS) as api:
-        job = parse_event(demo_event(api.url), policy=POLICY)
+        job = parse_event(demo_event(api.url, args.pack), policy=POLICY)
         settings = Settings(policy=POLICY, s3_endpoint_url=s3_endpoint)
         async with _writer(args.dest, s3_endpoint, job) as (writer, client):
             print(f"{PROG} demo: {DAYS} days from the sample API at {api.url}")
@@ -265,6 +273,14 @@ async def _show(
         days = ", ".join(f"{i.params['date']} ({i.attempts} attempts)" for i in _sorted(retried))
         print(f"answered 503 + Retry-After, then written: {days}")
     written = [i for i in _sorted(items.values()) if i.status is ItemStatus.WRITTEN and i.key]
+    if written and written[0].pack is not None:
+        packs = sorted({i.key or "" for i in written})
+        print(f"\n{len(written)} days packed into {len(packs)} object(s):")
+        for key in packs:
+            print(f"  {writer.describe(key)}")
+        print(f"manifest: {outcome.manifest_uri}")
+        await _print_pack(writer, client, written[0])
+        return
     print("\na few of the keys written:")
     for item in written[:KEYS_SHOWN]:
         print(f"  {writer.describe(item.key or '')}")
@@ -277,13 +293,28 @@ def _sorted(items: Any) -> list[ItemResult]:
     return sorted(items, key=lambda item: item.index)
 
 
-async def _print_object(writer: ObjectWriter, client: Any, key: str) -> None:
+async def _read(writer: ObjectWriter, client: Any, key: str) -> bytes:
     if client is None:
-        data = await asyncio.to_thread(Path(writer.describe(key)).read_bytes)
-    else:
-        response = await client.get_object(Bucket=BUCKET, Key=key)
-        async with response["Body"] as body:
-            data = await body.read()
+        return await asyncio.to_thread(Path(writer.describe(key)).read_bytes)
+    response = await client.get_object(Bucket=BUCKET, Key=key)
+    async with response["Body"] as body:
+        data: bytes = await body.read()
+    return data
+
+
+async def _print_pack(writer: ObjectWriter, client: Any, item: ItemResult) -> None:
+    """The pack's size and line count, and the first line, cut short."""
+    assert item.key is not None and item.pack is not None
+    stored = await _read(writer, client, item.key)
+    lines = (gzip.decompress(stored) if item.pack.gzip else stored).splitlines()
+    print(f"\n{writer.describe(item.key)} ({len(stored):,} bytes, {len(lines):,} lines) begins:")
+    for line in lines[:2]:
+        text = line.decode()
+        print(f"  {text[:PACK_LINE_SHOWN]}{' ...' if len(text) > PACK_LINE_SHOWN else ''}")
+
+
+async def _print_object(writer: ObjectWriter, client: Any, key: str) -> None:
+    data = await _read(writer, client, key)
     lines = json.dumps(json.loads(data), indent=2).splitlines()
     print(f"\n{writer.describe(key)} ({len(data):,} bytes) begins:")
     for line in lines[:BODY_LINES_SHOWN]:
@@ -293,6 +324,10 @@ async def _print_object(writer: ObjectWriter, client: Any, key: str) -> None:
 
 def _how_to_look(args: argparse.Namespace, s3_endpoint: str | None, outcome: RunOutcome) -> None:
     print("\nhow to look at them:")
+    if args.dest is not None and args.pack:
+        manifest = shlex.quote(outcome.manifest_uri or "")
+        print(f"  {PROG} show {manifest} --index 45 | head -3   # one day, read from the pack")
+        return
     if args.dest is not None:
         folder = shlex.quote(str(args.dest.resolve()))
         print(f"  ls {folder}/{SOURCE_ID} | head")

@@ -97,3 +97,18 @@ def test_plan_prints_the_batches_and_objects_a_backfill_makes(
     assert main([*argv, *extra]) == 0
     assert expected in capsys.readouterr().err
     assert len(out.read_text().splitlines()) == 1000
+
+
+def test_the_demo_packs_its_days_and_still_checks_its_outcome(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # WHEN the demo runs with --pack record into a folder
+    code = main(["demo", "--pack", "record", "--dest", str(tmp_path), "--progress", "off"])
+    out = capsys.readouterr().out
+    # THEN the same outcome (89 written, the 404 day failed), in one pack of 2,136 records
+    assert code == 0, out
+    assert "89 days packed into 1 object(s)" in out
+    [pack] = list(tmp_path.rglob("*.ndjson.gz"))
+    lines = gzip.decompress(pack.read_bytes()).splitlines()
+    assert len(lines) == 2136
+    assert {orjson.loads(line)["_fanout"]["index"] for line in lines} == set(range(90)) - {44}
