@@ -324,6 +324,8 @@ def _invoke(
             "not_attempted",
             "records_ingested",
             "bytes_written",
+            "retries",
+            "throttled",
             "duration_ms",
             "manifest_key",
             "failures_truncated",

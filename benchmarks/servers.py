@@ -79,6 +79,10 @@ class ApiOptions:
     error_rate: float = 0.0
     chunked: bool = False
     seed: int = 0
+    # A server-side token bucket (one second's worth of tokens); beyond it, 429 with
+    # Retry-After at once. 0 = no limit. The throttling scenario's rate-limited API.
+    rate_limit_per_s: float = 0.0
+    retry_after_s: int = 1
 
     def argv(self) -> list[str]:
         """Command-line flags that reproduce these options."""
@@ -92,6 +96,10 @@ class ApiOptions:
             "--chunked" if self.chunked else "--no-chunked",
             "--seed",
             str(self.seed),
+            "--rate-limit",
+            str(self.rate_limit_per_s),
+            "--retry-after",
+            str(self.retry_after_s),
         ]
 
 
@@ -137,13 +145,39 @@ def _tag(seed: int, path: str, query: str) -> str:
     return hashlib.blake2b(f"{seed}|{path}?{query}".encode(), digest_size=8).hexdigest()
 
 
+class _ServerBucket:
+    """The API's own rate limit: ``rate`` tokens a second, one second's worth at most."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.tokens, self.updated = rate, rate, time.monotonic()
+
+    def take(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 def make_api_app(options: ApiOptions) -> web.Application:
     """The fake API as an aiohttp application (also usable in-process)."""
     rng = random.Random(options.seed)
-    stats = {"requests": 0, "errors": 0, "bytes": 0}
+    stats = {"requests": 0, "errors": 0, "bytes": 0, "throttled": 0}
+    bucket = _ServerBucket(options.rate_limit_per_s)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         stats["requests"] += 1
+        if not bucket.take():
+            stats["throttled"] += 1
+            return web.json_response(
+                {"error": "rate limited"},
+                status=429,
+                headers={"Retry-After": str(options.retry_after_s)},
+            )
         if options.latency_ms > 0:
             await asyncio.sleep(options.latency_ms / 1000)
         if options.error_rate > 0 and rng.random() < options.error_rate:
@@ -678,6 +712,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             cmd.add_argument("--error-rate", type=float, default=0.0)
             cmd.add_argument("--chunked", action=argparse.BooleanOptionalAction, default=False)
             cmd.add_argument("--seed", type=int, default=0)
+            cmd.add_argument("--rate-limit", type=float, default=0.0, help="requests/s; 0 = off")
+            cmd.add_argument("--retry-after", type=int, default=1, help="seconds, on a 429")
         if name == "up":
             cmd.add_argument("--s3", default="moto", help="moto, sink or an S3 URL")
             cmd.add_argument("--bucket", default="bench-raw")
@@ -691,7 +727,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "sink":
         _serve(make_sink_app(), port, "sink")
         return
-    options = ApiOptions(args.latency_ms, args.body_bytes, args.error_rate, args.chunked, args.seed)
+    options = ApiOptions(
+        args.latency_ms,
+        args.body_bytes,
+        args.error_rate,
+        args.chunked,
+        args.seed,
+        rate_limit_per_s=args.rate_limit,
+        retry_after_s=args.retry_after,
+    )
     if args.command == "api":
         _serve(make_api_app(options), port, "api")
         return

@@ -119,7 +119,6 @@ class _Run:
     on_item: ItemCallback | None
     limits: OriginLimits
     packer: Packer | None = None
-    deadline: float | None = None
     secret_params: Mapping[str, str] = field(default_factory=dict)
     auth: AuthProvider | None = None
     budget: ByteBudget = field(init=False)
@@ -268,7 +267,6 @@ async def run_job(
             tally=Tally(requested=job.requested),
             on_item=on_item,
             limits=limits or limits_for(job),
-            deadline=deadline,
             secret_params=await _secret_params(job, secret_params),
             auth=auth
             or make_auth(job.api.auth, http=http, policy=settings.policy, resolve=resolve_secret),

@@ -214,3 +214,38 @@ def test_the_write_scope_is_what_writers_see_and_is_undone_after() -> None:
         assert current().max_attempts == 2
         assert current().stats is stats
     assert current().max_attempts == 10
+
+
+# ------------------------------------------------------------------ observability
+
+
+def test_throttles_are_in_the_summary_line_and_the_emf_metrics() -> None:
+    from ingest_core.observability import publish_metrics, summary
+
+    result = {
+        "source_id": "src",
+        "status": "SUCCESS",
+        "succeeded": 3,
+        "failed": 0,
+        "not_attempted": 0,
+        "retries": 5,
+        "throttled": 4,
+        "bytes_written": 10,
+        "records_ingested": 3,
+        "failures": [],
+    }
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.metrics: dict[str, float] = {}
+
+        def add_dimension(self, name: str, value: str) -> None:
+            pass
+
+        def add_metric(self, name: str, unit: object, value: float) -> None:
+            self.metrics[name] = value
+
+    recorder = Recorder()
+    publish_metrics(recorder, result, [12, 30])
+    assert recorder.metrics["throttled"] == 4
+    assert summary(result)["throttled"] == 4
