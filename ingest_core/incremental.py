@@ -113,18 +113,7 @@ async def run_incremental(
     if date_range is None:
         raise ValueError("an incremental run needs a date_range job")
     where = store.describe()
-    current = await store.read()
-    before = current.state.watermark if current is not None else None
-    skip = 0
-    if before is not None:
-        check_watermark(before, date_range.format, where)
-        skip = covered_count(
-            date_range.start,
-            date_range.end,
-            step=date_range.step,
-            fmt=date_range.format,
-            watermark=before,
-        )
+    before, skip = await _resume_point(job, store)
     if skip >= job.requested:
         if on_plan is not None:
             on_plan(dataclasses.replace(job, requested=0, plan=lambda: iter(())))
@@ -141,9 +130,28 @@ async def run_incremental(
         stored, _ = await advance(
             store, tracker.last_value, fmt=date_range.format, request_id=job.request_id
         )
-        after = stored.watermark if stored is not None else before
+        after = stored.watermark
     info = _info(where, before, after, first=str(first))
     return dataclasses.replace(outcome, result={**outcome.result, "incremental": info})
+
+
+async def _resume_point(job: Job, store: StateStore) -> tuple[str | None, int]:
+    """The watermark read, and how many leading items of the range it covers."""
+    date_range = job.date_range
+    assert date_range is not None, "checked by the caller"
+    current = await store.read()
+    if current is None:
+        return None, 0
+    before = current.state.watermark
+    check_watermark(before, date_range.format, store.describe())
+    skip = covered_count(
+        date_range.start,
+        date_range.end,
+        step=date_range.step,
+        fmt=date_range.format,
+        watermark=before,
+    )
+    return before, skip
 
 
 def _info(

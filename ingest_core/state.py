@@ -155,7 +155,7 @@ def _now() -> str:
 
 async def advance(
     store: StateStore, candidate: str, *, fmt: str, request_id: str
-) -> tuple[Watermark | None, bool]:
+) -> tuple[Watermark, bool]:
     """Move the watermark forward to ``candidate``, never backward.
 
     A lost race re-reads and compares again, so the result is the later of what
