@@ -157,3 +157,33 @@ def test_state_refuses_bad_dates_and_names_a_malformed_object(
     # WHEN set over it THEN it is replaced with a good one
     assert main(_state("set", "2025-02-28", *where)) == 0
     assert json.loads(state_file.read_text())["watermark"] == "2025-02-28"
+
+
+def test_incremental_backfill_to_s3_keeps_its_watermark_under_the_prefix(
+    s3: MotoS3,
+    tmp_path: Path,
+    api_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # GIVEN an incremental backfill into S3 under a prefix, with a named state key
+    monkeypatch.setattr(backfill, "utc_now", lambda: MARCH_FIRST)
+    monkeypatch.chdir(tmp_path)  # where a re-drive file would go
+    api = ScriptedAPI()
+    server = api_server(api)
+    dest = f"s3://{RAW_BUCKET}/landing"
+    args = incremental_backfill(server.url, dest, "--state-key", "daily")
+    # WHEN it runs THEN every day lands and the watermark is beside the objects
+    assert main(args) == 0, capsys.readouterr()
+    key = "landing/weather/_state/daily.json"
+    assert json.loads(s3.get_bytes(RAW_BUCKET, key))["watermark"] == feb(28)
+    # AND 'state show' finds it with the same flags
+    capsys.readouterr()
+    where = ["--dest", dest, "--source-id", "weather", "--state-key", "daily"]
+    assert main(["state", "show", *where]) == 0
+    assert json.loads(capsys.readouterr().out)["watermark"] == feb(28)
+    # WHEN it is moved back a day THEN the next run fetches exactly that day
+    assert main(["state", "set", feb(27), *where]) == 0
+    seen = api.hits
+    assert main(args) == 0
+    assert api.hits - seen == Counter({feb(28): 1})
