@@ -31,7 +31,7 @@ import aiohttp
 from yarl import URL
 
 from ingest_core.auth import AuthProvider, make_auth
-from ingest_core.chain import Page, PageFailed, run_chain
+from ingest_core.chain import ChainOutcome, Page, PageFailed, run_chain
 from ingest_core.errors import (
     DeadlineExceeded,
     FailureKind,
@@ -62,6 +62,7 @@ from ingest_core.limits import (
 )
 from ingest_core.packing import Packer, Staged, first_index, make_unit
 from ingest_core.pagination import PageRequest, PageView, make_chain, project
+from ingest_core.records import NOT_ONE_VALUE
 from ingest_core.redact import register_secret
 from ingest_core.results import ItemResult, ItemStatus, Tally
 from ingest_core.retry import backoff_s
@@ -535,17 +536,25 @@ async def _try(
 
 async def _paginated(
     run: _Run, item: PlannedItem, key: str, started: float, s3: WriteStats
-) -> ItemResult:
+) -> ItemResult | None:
     """The item as a chain of pages: it succeeds only when every page is written."""
     assert run.job.api.pagination is not None
     chain = make_chain(run.job.api.pagination, run.job.api.endpoint, run.settings.policy)
+    # Packed, each page's lines wait here until the chain is whole (pages are lines).
+    staging: dict[int, Staged] | None = {} if run.packer is not None else None
 
     async def fetch(number: int, request: PageRequest) -> Page:
-        return await _page(run, item, number, request)
+        return await _page(run, item, number, request, staging)
 
-    outcome = await run_chain(chain, fetch, run.slots)
-    keys = tuple(page.key for page in outcome.pages)
+    try:
+        outcome = await run_chain(chain, fetch, run.slots)
+    except BaseException:
+        _release(staging)
+        raise
     attempts = outcome.retries + 1  # so the run's retries count every page's
+    if staging is not None:
+        return _settle_chain(run, item, key, outcome, staging, attempts, started, s3)
+    keys = tuple(page.key for page in outcome.pages)
     if outcome.error is not None:
         failed = _failed(item, key, outcome.error, attempts=attempts, started=started, s3=s3)
         return dataclasses.replace(failed, pages=len(keys), page_keys=keys)
@@ -567,7 +576,53 @@ async def _paginated(
     )
 
 
-async def _page(run: _Run, item: PlannedItem, number: int, page: PageRequest) -> Page:
+def _release(staging: dict[int, Staged] | None) -> None:
+    for staged in (staging or {}).values():
+        staged.release()
+
+
+def _settle_chain(
+    run: _Run,
+    item: PlannedItem,
+    key: str,
+    outcome: ChainOutcome,
+    staging: dict[int, Staged],
+    attempts: int,
+    started: float,
+    s3: WriteStats,
+) -> ItemResult | None:
+    """A packed chain: its pages' lines, in page order, go to the packer as one item."""
+    pages = len(outcome.pages)
+    if outcome.error is not None:
+        _release(staging)
+        failed = _failed(item, key, outcome.error, attempts=attempts, started=started, s3=s3)
+        return dataclasses.replace(failed, pages=pages)
+    assert run.packer is not None
+    merged = run.packer.new_item()
+    for number in sorted(staging):
+        merged.merge(staging.pop(number))
+    pending = ItemResult(
+        index=item.index,
+        params=item.params,
+        key=None,
+        status=ItemStatus.WRITTEN,
+        attempts=attempts,
+        received_bytes=merged.received,
+        records=outcome.records,
+        latency_ms=_ms_since(started),
+        pages=pages,
+    )
+    run.packer.submit(merged, pending)
+    return None
+
+
+async def _page(
+    run: _Run,
+    item: PlannedItem,
+    number: int,
+    page: PageRequest,
+    staging: dict[int, Staged] | None = None,
+) -> Page:
     """One page with its retries, under the API's adaptive limit; raises ``PageFailed``."""
     key = _key(run, item, number)
     request = run.shape.request(item.params, page.params, page.url)
@@ -580,7 +635,9 @@ async def _page(run: _Run, item: PlannedItem, number: int, page: PageRequest) ->
                     attempt - 1,
                     key,
                 )
-            outcome = await _try(run, lambda: _attempt_page(run, item, number, key, request), slot)
+            outcome = await _try(
+                run, lambda: _attempt_page(run, item, number, key, request, staging), slot
+            )
         if isinstance(outcome, Page):
             return dataclasses.replace(outcome, attempts=attempt)
         delay = None if isinstance(outcome, WriteError) else _retry_delay(run, outcome, attempt)
@@ -591,14 +648,56 @@ async def _page(run: _Run, item: PlannedItem, number: int, page: PageRequest) ->
 
 
 async def _attempt_page(
-    run: _Run, item: PlannedItem, number: int, key: str, request: FetchRequest
+    run: _Run,
+    item: PlannedItem,
+    number: int,
+    key: str,
+    request: FetchRequest,
+    staging: dict[int, Staged] | None = None,
 ) -> Page:
     async with open_response(run.http, request, run.settings.policy) as response:
         info = _body_info(response)
+        if staging is not None:
+            return await _stage_page(run, item, number, response, info, staging)
         meta = _object_meta(run, item, info, page=number)
         stored = await _write_page(run, key, meta, info, iter_body(response, READ_CHUNK))
         view = PageView(number, response.url, response.headers, stored.value, stored.records)
         return Page(item.index, number, key, response.status, info.content_type, view, stored, 1)
+
+
+async def _stage_page(
+    run: _Run,
+    item: PlannedItem,
+    number: int,
+    response: aiohttp.ClientResponse,
+    info: BodyInfo,
+    staging: dict[int, Staged],
+) -> Page:
+    """Packed: the page becomes lines staged for the item; the paginator reads its value."""
+    assert run.packer is not None
+    staged = run.packer.new_item()
+    try:
+        lines = await run.packer.stage(
+            staged,
+            iter_body(response, READ_CHUNK),
+            index=item.index,
+            page=number,
+            params=item.params,
+            status=response.status,
+            content_type=info.content_type,
+            content_length=None if info.encoded else info.content_length,
+        )
+    except BaseException:
+        staged.release()
+        raise
+    previous = staging.pop(number, None)  # an earlier attempt of this page, if any
+    if previous is not None:
+        previous.release()
+    staging[number] = staged
+    value = NOT_ONE_VALUE if lines.value is NOT_ONE_VALUE else run.keep_of_page(lines.value)
+    stored = Stored(staged.received, 0, lines.records, multipart=False, value=value)
+    view = PageView(number, response.url, response.headers, value, lines.records)
+    return Page(item.index, number, "", response.status, info.content_type, view, stored, 1)
 
 
 async def _write_page(

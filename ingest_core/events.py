@@ -427,10 +427,6 @@ def _paginated_option_problems(options: Options, prefix: str) -> list[tuple[str,
         # A chain cut short leaves its first pages behind: their presence proves nothing.
         reason = "not supported with pagination (a page being there does not mean all are)"
         problems.append((f"{prefix}options.skip_existing", reason))
-    if options.pack is not None:
-        # The packer takes one body per item today; pages as lines are issue 10's next step.
-        reason = "not yet supported together with api_config.pagination"
-        problems.append((f"{prefix}options.pack", reason))
     return problems
 
 

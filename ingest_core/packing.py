@@ -45,7 +45,7 @@ from ingest_core.config import Options, PackOptions
 from ingest_core.errors import BodyTooLarge, FailureKind, InvalidBody, S3WriteError, TruncatedBody
 from ingest_core.keys import PackKeys
 from ingest_core.limits import ByteBudget
-from ingest_core.records import at_path, count_records
+from ingest_core.records import NOT_ONE_VALUE, at_path, count_records
 from ingest_core.results import ItemResult, ItemStatus, PackSpan
 from ingest_core.writers import MultipartUpload, ObjectMeta, ObjectWriter
 
@@ -80,6 +80,7 @@ class Lines:
     data: bytes
     count: int
     records: int | None
+    value: Any = NOT_ONE_VALUE  # the body as one JSON value, for paginators
 
 
 class PackUnit(Protocol):
@@ -89,10 +90,10 @@ class PackUnit(Protocol):
         """The page's lines; raises ``InvalidBody`` when it cannot make them."""
 
 
-def _decode(body: bytes) -> tuple[bool, Any]:
-    """(True, value) for a JSON body, (True, [values]) for NDJSON, else (False, None)."""
+def _decode(body: bytes) -> tuple[bool, Any, bool]:
+    """(is JSON, value, is one value): a JSON body, NDJSON as [values], or (False, None, False)."""
     try:
-        return True, orjson.loads(body)
+        return True, orjson.loads(body), True
     except orjson.JSONDecodeError:
         pass
     values = []
@@ -101,8 +102,8 @@ def _decode(body: bytes) -> tuple[bool, Any]:
             if line.strip():
                 values.append(orjson.loads(line))
     except orjson.JSONDecodeError:
-        return False, None
-    return len(values) >= 2, values
+        return False, None, False
+    return len(values) >= 2, values, False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ class ResponseUnit:
     expect_json: bool
 
     def lines(self, page: Page) -> Lines:
-        is_json, value = _decode(page.body)
+        is_json, value, one = _decode(page.body)
         if not is_json:
             if self.expect_json:
                 raise InvalidBody("body is not JSON or NDJSON" if page.body else "body is empty")
@@ -129,7 +130,7 @@ class ResponseUnit:
             "body": value,
         }
         records = count_records(page.body, self.records_path) if is_json else None
-        return Lines(orjson.dumps(line) + b"\n", 1, records)
+        return Lines(orjson.dumps(line) + b"\n", 1, records, value if one else NOT_ONE_VALUE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,7 @@ class RecordUnit:
     records_path: str | None
 
     def lines(self, page: Page) -> Lines:
-        is_json, value = _decode(page.body)
+        is_json, value, one = _decode(page.body)
         if not is_json:
             raise InvalidBody("body is not JSON or NDJSON" if page.body else "body is empty")
         records = self._records(value, page.body)
@@ -156,7 +157,7 @@ class RecordUnit:
             row["_fanout"] = prov
             out += orjson.dumps(row)
             out += b"\n"
-        return Lines(bytes(out), len(records), len(records))
+        return Lines(bytes(out), len(records), len(records), value if one else NOT_ONE_VALUE)
 
     def _records(self, value: Any, body: bytes) -> list[Any]:
         if self.records_path and not _is_ndjson(value, body):
@@ -202,6 +203,17 @@ class Staged:
         self.pages += 1
         if self.records is not None:
             self.records = None if lines.records is None else self.records + lines.records
+
+    def merge(self, other: Staged) -> None:
+        """Append ``other``'s lines (the next page) and take over its reservation."""
+        self.data += other.data
+        self.lines += other.lines
+        self.received += other.received
+        self.pages += other.pages
+        if self.records is not None:
+            self.records = None if other.records is None else self.records + other.records
+        self.reserved += other.reserved
+        other.reserved, other.data = 0, bytearray()
 
     def release(self) -> None:
         """Give the reservation back; safe to call more than once."""
@@ -360,8 +372,8 @@ class Packer:
         status: int,
         content_type: str | None,
         content_length: int | None,
-    ) -> None:
-        """Read one page whole and add its lines to ``staged``.
+    ) -> Lines:
+        """Read one page whole and add its lines to ``staged``; return them (and the value).
 
         Raises:
             FetchError: the body is too large for memory, truncated or invalid.
@@ -372,6 +384,7 @@ class Packer:
             raise TruncatedBody(f"received {len(body)} of {content_length} bytes (Content-Length)")
         lines = self.unit.lines(Page(index, page, params, body, status, content_type, fetched_at))
         staged.add(lines, received=len(body))
+        return lines
 
     def submit(self, staged: Staged, result: ItemResult) -> None:
         """Hand a fetched item to the packer; its result is reported when its object ends."""

@@ -19,6 +19,7 @@ from handler.app import lambda_handler
 from tests.conftest import RAW_BUCKET
 from tests.support.faults import S3FaultProxy
 from tests.support.lambda_context import LocalContext
+from tests.support.paged_api import PagedAPI
 from tests.support.reliability import SOURCE, assert_counts, event_for, served_body
 from tests.support.servers import MotoS3, Response, ScriptedAPI
 
@@ -303,3 +304,81 @@ def test_a_retried_map_batch_overwrites_its_own_objects(s3: MotoS3, api_server: 
     packs = [k for k in s3.list_keys(RAW_BUCKET) if "_manifests" not in k]
     assert packs == [f"{SOURCE}/exec-1-100-0.ndjson.gz"]
     assert len(object_lines(s3, packs[0])) == 10
+
+
+# ----------------------------------------------------------------------- with pagination
+
+
+@pytest.mark.parametrize(
+    ("route", "pagination", "unit"),
+    [
+        (
+            "cursor",
+            {"type": "cursor", "cursor_path": "meta.next_cursor", "cursor_param": "after"},
+            "record",
+        ),
+        ("offset", {"type": "offset", "limit": 10, "total_header": "X-Total-Count"}, "response"),
+        ("pages", {"type": "page_number", "total_pages_path": "total_pages"}, "record"),
+    ],
+    ids=["cursor-record", "offset-parallel-response", "pages-parallel-record"],
+)
+def test_paginated_items_pack_their_pages_as_lines_in_page_order(
+    s3: MotoS3, api_server: Any, route: str, pagination: dict[str, Any], unit: str
+) -> None:
+    # GIVEN 4 items of 25 records each, served 10 to a page (3 pages per item)
+    api = PagedAPI()
+    url = api_server(api.app).url
+    dates = ["d1", "d2", "d3", "d4"]
+    event = event_for(
+        f"{url}/{route}",
+        batch=[{"date": d} for d in dates],
+        request_id=f"pk-pg-{route}",
+        pagination=pagination,
+        records_path="items",
+        options={"pack": {"unit": unit}},
+    )
+    # WHEN the handler ingests them packed
+    result, _ = run(event)
+    # THEN every page is in one pack, each item's lines contiguous and in page order
+    assert result["status"] == "SUCCESS", result["failures"]
+    assert result["records_ingested"] == 100
+    assert result["pages_written"] == 12
+    entries = assert_pack_account(s3, result)
+    packs = [k for k in s3.list_keys(RAW_BUCKET) if "_manifests" not in k]
+    assert packs == [f"{SOURCE}/pk-pg-{route}-0-0.ndjson.gz"]
+    for index, date in enumerate(dates):
+        entry = entries[index]
+        assert entry["pages"] == 3 and entry["records"] == 25
+        lines = lines_of(s3, entry)
+        assert lines == lines_by_range(s3, entry)
+        if unit == "record":
+            assert [line["_fanout"]["page"] for line in lines] == [0] * 10 + [1] * 10 + [2] * 5
+            assert [(line["date"], line["n"]) for line in lines] == [(date, n) for n in range(25)]
+        else:
+            assert [line["page"] for line in lines] == [0, 1, 2]
+            records = [r for line in lines for r in line["body"]["items"]]
+            assert [(r["date"], r["n"]) for r in records] == [(date, n) for n in range(25)]
+
+
+def test_a_chain_that_fails_mid_way_packs_nothing_of_its_item(s3: MotoS3, api_server: Any) -> None:
+    # GIVEN the first second page asked for answering 404 (not retried): one item fails
+    api = PagedAPI(faults={("/cursor", 10): [404]})
+    url = api_server(api.app).url
+    event = event_for(
+        f"{url}/cursor",
+        batch=[{"date": d} for d in ("d1", "d2", "d3")],
+        request_id="pk-pg-fail",
+        pagination={"type": "cursor", "cursor_path": "meta.next_cursor", "cursor_param": "after"},
+        records_path="items",
+        options={"pack": {"unit": "record"}},
+    )
+    # WHEN it runs
+    result, _ = run(event)
+    # THEN the failed item's pages are nowhere in the pack; the counts add up
+    entries = assert_pack_account(s3, result)
+    failed = {i for i, e in entries.items() if e["status"] == "failed"}
+    assert len(failed) == 1 and all(entries[i]["kind"] == "http_status" for i in failed)
+    [pack] = [k for k in s3.list_keys(RAW_BUCKET) if "_manifests" not in k]
+    packed = [orjson.loads(line)["_fanout"]["index"] for line in object_lines(s3, pack)]
+    assert set(packed) == set(entries) - failed
+    assert len(packed) == 25 * 2

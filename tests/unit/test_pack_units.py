@@ -248,3 +248,16 @@ def test_uncompressed_offsets_are_exact_byte_ranges(tmp_path: Path) -> None:
         piece = data[result.pack.offset : result.pack.offset + result.pack.length]
         assert orjson.loads(piece)["body"] == {"i": result.index}
         assert result.pack.first_line == result.index  # submitted in order, one line each
+
+
+def test_pagination_with_pack_parses_and_needs_no_page_in_the_item_key() -> None:
+    # GIVEN a paginated event whose item key template has no {page}, packed
+    evt = event(pack={"unit": "record"})
+    evt["api_config"]["pagination"] = {"type": "cursor", "cursor_path": "next", "cursor_param": "c"}
+    evt["api_config"]["key_template"] = "{source_id}/{request_id}-{index}.json"
+    # THEN it is valid: pages are lines of the pack, not objects of their own
+    job = parse_event(evt, policy=POLICY)
+    assert job.options.pack is not None and job.api.pagination is not None
+    # AND without pack the same event is refused for want of {page}
+    del evt["options"]["pack"]
+    assert "api_config.key_template" in problems_of(evt)
