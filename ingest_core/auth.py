@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 import aiohttp
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from ingest_core.errors import (
     BlockedError,
@@ -43,7 +44,20 @@ SECRET_REF_PATTERN = r"^(secretsmanager:[^#\s]+(#[^#\s]+)?|ssm:/[^\s]+)$"
 REFRESH_MARGIN_S = 60.0
 DEFAULT_TOKEN_LIFETIME_S = 3600.0
 MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
-SecretRef = Annotated[str, Field(pattern=SECRET_REF_PATTERN)]
+_SECRET_REF_RE = re.compile(SECRET_REF_PATTERN)
+
+
+def _is_reference(value: str) -> str:
+    if not _SECRET_REF_RE.match(value):
+        # The value is never echoed: it may be the credential itself.
+        raise ValueError(
+            "must be a reference (secretsmanager:NAME, secretsmanager:NAME#json_key"
+            " or ssm:/param/name), never a secret"
+        )
+    return value
+
+
+SecretRef = Annotated[str, AfterValidator(_is_reference)]
 
 
 class OAuth2Config(BaseModel):

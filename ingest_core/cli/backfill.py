@@ -46,11 +46,12 @@ from ingest_core.cli.redrive import (
     default_redrive_path,
     read_redrive,
 )
+from ingest_core.cli.request_flags import add_request_flags, request_config
 from ingest_core.config import PACK_KEY_TEMPLATES
 from ingest_core.engine import RunOutcome
 from ingest_core.errors import InvalidEventError, SecretResolutionError
 from ingest_core.events import Job, parse_event
-from ingest_core.keys import DEFAULT_KEY_TEMPLATE
+from ingest_core.keys import DEFAULT_KEY_TEMPLATE, PAGINATED_KEY_TEMPLATE
 from ingest_core.netguard import ENV_ALLOW_PRIVATE_NETWORKS, NetPolicy
 from ingest_core.results import ItemResult
 from ingest_core.settings import Settings
@@ -174,8 +175,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--key-template",
         metavar="T",
-        help=f"object key template (default: {DEFAULT_KEY_TEMPLATE});"
-        " an s3 prefix is put before it",
+        help=f"object key template (default: {DEFAULT_KEY_TEMPLATE}, or"
+        f" {PAGINATED_KEY_TEMPLATE} with pagination); an s3 prefix is put before it",
     )
     where.add_argument(
         "--request-id",
@@ -196,6 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="name of the watermark (default: a hash of endpoint, param, step and --query)",
     )
+    add_request_flags(parser)
     _add_runs(parser.add_argument_group("re-drive and output"))
     add_progress_flag(parser)
     add_option_flags(parser)
@@ -363,10 +365,13 @@ def _api_config(args: argparse.Namespace, dest: Dest) -> dict[str, Any]:
         "endpoint": args.endpoint,
         "source_id": args.source_id,
         "raw_bucket": dest.bucket or LOCAL_BUCKET,
-        "key_template": dest.prefix + _given(args.key_template, DEFAULT_KEY_TEMPLATE),
         "headers": dict(args.header or []),
         "secret_headers": dict(args.secret_header or []),
+        **request_config(args),
     }
+    # With pagination, the default key names the page (DESIGN §11).
+    default_key = PAGINATED_KEY_TEMPLATE if "pagination" in config else DEFAULT_KEY_TEMPLATE
+    config["key_template"] = dest.prefix + _given(args.key_template, default_key)
     if args.records_path is not None:
         config["records_path"] = args.records_path
     return config

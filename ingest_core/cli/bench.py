@@ -28,8 +28,10 @@ from ingest_core.cli.common import (
     key_value,
     usage_error_from,
 )
+from ingest_core.cli.request_flags import add_request_flags, request_config
 from ingest_core.errors import InvalidEventError
 from ingest_core.events import Job, parse_event
+from ingest_core.keys import DEFAULT_KEY_TEMPLATE, PAGINATED_KEY_TEMPLATE
 from ingest_core.netguard import NetPolicy
 from ingest_core.results import ItemResult
 from ingest_core.settings import Settings
@@ -129,6 +131,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow http and loopback/private addresses (local testing only)",
     )
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
+    add_request_flags(parser)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -173,13 +176,16 @@ def _levels(text: str) -> list[int]:
 def _event(args: argparse.Namespace, concurrency: int) -> dict[str, Any]:
     bucket, prefix = _bucket_and_prefix(args.dest)
     params = dict(args.query or [])
+    shape = request_config(args)
+    paged = "pagination" in shape
     return {
         "api_config": {
             "endpoint": args.endpoint,
             "headers": dict(args.header or []),
             "raw_bucket": bucket,
             "source_id": SOURCE_ID,
-            "key_template": prefix + "{source_id}/{request_id}-{index}.json",
+            **shape,
+            "key_template": prefix + (PAGINATED_KEY_TEMPLATE if paged else DEFAULT_KEY_TEMPLATE),
         },
         "batch": [params] * args.requests,
         "options": {"concurrency": concurrency, "rate_limit_per_s": args.rate},

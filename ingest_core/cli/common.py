@@ -179,6 +179,13 @@ def flag_for_field(event_field: str, reason: str) -> str:
     if event_field.startswith("options."):
         name = event_field.split(".")[1]
         return option_flag(name) if name in Options.model_fields else event_field
+    from ingest_core.cli.request_flags import OBJECT_FLAGS, REQUEST_FIELD_FLAGS
+
+    for prefix, flag in REQUEST_FIELD_FLAGS:
+        if event_field == prefix or event_field.startswith(prefix + "."):
+            # The flag takes a whole object: say which part of it.
+            rest = event_field.removeprefix(prefix).lstrip(".")
+            return f"{flag} ({rest})" if rest and flag in OBJECT_FLAGS else flag
     for prefix, flag in EVENT_FIELD_FLAGS:
         if event_field == prefix or event_field.startswith(tuple(prefix + c for c in ". [")):
             return flag
@@ -643,10 +650,18 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("not attempted", f"{result['not_attempted']:,}"),
         ("records", "unknown" if records is None else f"{records:,}"),
         ("bytes", f"{human_bytes(result['bytes_written'])} ({result['bytes_written']:,})"),
+        *_pages_row(result),
         ("retries", f"{result.get('retries', 0):,}"),
         ("duration", f"{duration_s:.2f} s"),
         ("items/s", f"{finished / duration_s:.1f}"),
     ]
+
+
+def _pages_row(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    # Shown only when items spanned pages: otherwise it repeats "succeeded".
+    pages = result.get("pages_written")
+    written = result["succeeded"] - result.get("skipped_existing", 0)
+    return [] if pages is None or pages == written else [("pages", f"{pages:,}")]
 
 
 def print_summary(

@@ -10,6 +10,11 @@ take 400 ms), some days answer ``503`` with ``Retry-After`` on their first hits
 and then recover, and one day is permanently ``404``. Everything is seeded by
 the date, so every demo run sees the same data.
 
+``GET /v1/readings?date=YYYY-MM-DD&page=N`` serves the same 24 records in pages
+of 8 (``page`` from 1), the way paginated APIs do: ``{"data": {"items": [...]},
+"meta": {"page": N, "total_pages": 3}}`` plus a ``Link: <...>; rel="next"`` header
+on every page but the last. It backs the paginated examples (``--paginate``).
+
 It also runs on its own, for trying ``backfill`` and ``run`` locally
 (docs/CLI.md)::
 
@@ -32,6 +37,8 @@ from aiohttp import web
 
 LOOPBACK = "127.0.0.1"
 PATH = "/v1/observations"
+PAGED_PATH = "/v1/readings"
+PAGE_SIZE = 8
 STATION = "DEMO-01"
 RECORDS_PER_DAY = 24
 LATENCY_S = (0.02, 0.2)
@@ -78,9 +85,15 @@ class SampleAPI:
             raise RuntimeError("sample API not started")
         return f"http://{LOOPBACK}:{self._port}{PATH}"
 
+    @property
+    def paged_url(self) -> str:
+        """The paginated endpoint (``page``, ``meta.total_pages``, ``Link``)."""
+        return self.url.removesuffix(PATH) + PAGED_PATH
+
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_get(PATH, self._observations)
+        app.router.add_get(PAGED_PATH, self._readings)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, LOOPBACK, self._listen_port)
@@ -118,6 +131,27 @@ class SampleAPI:
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         return web.json_response(observations(parsed))
+
+    async def _readings(self, request: web.Request) -> web.Response:
+        """One page of a day's readings; a day's failures behave as on /v1/observations."""
+        page_text = request.query.get("page", "1")
+        if not page_text.isdigit() or int(page_text) < 1:
+            return web.json_response({"error": "page must be 1 or more"}, status=400)
+        answer = await self._observations(request)
+        if answer.status != 200:
+            return answer
+        page = int(page_text)
+        items = observations(date.fromisoformat(request.query["date"]))["data"]["items"]
+        pages = -(-len(items) // PAGE_SIZE)
+        body = {
+            "data": {"items": items[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]},
+            "meta": {"page": page, "total_pages": pages},
+        }
+        headers = {}
+        if page < pages:
+            following = request.rel_url.update_query(page=page + 1)
+            headers["Link"] = f'<{following}>; rel="next"'
+        return web.json_response(body, headers=headers)
 
 
 def _latency(rng: random.Random) -> float:
@@ -187,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 async def _serve(api: SampleAPI, stop: asyncio.Event) -> int:
     async with api:
         print(f"sample API at {api.url}?date=YYYY-MM-DD (Ctrl-C to stop)", flush=True)
+        print(f"paginated: {api.paged_url}?date=YYYY-MM-DD&page=N", flush=True)
         await stop.wait()
     print(f"served {sum(api.hits.values())} requests", file=sys.stderr)
     return 0
