@@ -683,7 +683,7 @@ def count_objects(servers: Servers, prefix: str) -> tuple[int, int]:
 # ------------------------------------------------------------------------ CLI
 
 
-def _serve(app: web.Application, port: int, label: str) -> None:
+def _serve(app: web.Application, port: int, label: str, **server: Any) -> None:
     print(f"{label} listening on http://{HOST}:{port}", flush=True)
     web.run_app(
         app,
@@ -693,6 +693,7 @@ def _serve(app: web.Application, port: int, label: str) -> None:
         print=None,
         handle_signals=True,
         shutdown_timeout=1.0,
+        **server,
     )
 
 
@@ -725,7 +726,9 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     port = args.port or free_port()
     if args.command == "sink":
-        _serve(make_sink_app(), port, "sink")
+        # A gzip object (Content-Encoding: gzip) must be read as sent: its Content-MD5
+        # is of the compressed bytes.
+        _serve(make_sink_app(), port, "sink", auto_decompress=False)
         return
     options = ApiOptions(
         args.latency_ms,

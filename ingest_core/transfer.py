@@ -26,6 +26,10 @@ SNIFF_BYTES = 64
 # zlib's deflate state at the default level: (1 << (wbits + 2)) + (1 << (memLevel + 9))
 # bytes plus a few KiB of bookkeeping. Counted in the budget with each compressed body.
 GZIP_STATE_BYTES = 260 * 1024
+# What aiohttp may hold of a response before it pauses reading the socket (twice its
+# 64 KiB stream limit). Counted with every body so that the memory held per request
+# in flight stays inside the budget, however high the concurrency.
+STREAM_BUFFER_BYTES = 128 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +109,10 @@ class _Transfer:
         self.held = 0
         self.sniff = b""
         self.upload: MultipartUpload | None = None
-        # The compressor's own state is reserved beside the buffer; only compressed
-        # bytes are ever buffered (the uncompressed body is not kept, see _records).
-        self.overhead = GZIP_STATE_BYTES if options.compress else 0
+        # Reserved beside the buffer: the response's stream buffer and the compressor's
+        # state. Only compressed bytes are ever buffered (the uncompressed body is not
+        # kept, see _records).
+        self.overhead = STREAM_BUFFER_BYTES + (GZIP_STATE_BYTES if options.compress else 0)
         self.gzip = zlib.compressobj(wbits=31) if options.compress else None
 
     async def run(self, chunks: AsyncIterator[bytes], info: BodyInfo) -> Stored:

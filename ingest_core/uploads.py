@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingest_core.writers import MultipartUpload, ObjectMeta, ObjectWriter
+from ingest_core.writers import (
+    MultipartUpload,
+    ObjectMeta,
+    ObjectWriter,
+    S3Writer,
+    put_file_in_parts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +197,11 @@ class _TrackedWriter:
         return _TrackedUpload(upload, key, self._tracker)
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
+        if isinstance(self._inner, S3Writer) and not self._inner.lean:
+            # In parts through this wrapper, so a manifest cut at the deadline has its
+            # upload tracked (aborted, or named as left open) like any other.
+            await put_file_in_parts(self, key, path, ObjectMeta(content_type=content_type))
+            return
         await self._inner.put_file(key, path, content_type)
 
 
