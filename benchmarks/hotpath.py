@@ -38,14 +38,14 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("idle: waiting in select (not CPU)", ("selectors.py:select", "epoll.poll")),
     ("JSON check + record count", ("ingest_core/records.py",)),
     ("MD5 of the body (Content-MD5)", ("writers.py:of_bytes",)),
-    ("SigV4 signing", ("ingest_core/sigv4.py", "writers.py:_signed_headers")),
+    ("SigV4 signing", ("ingest_core/sigv4.py", "writers.py:_signed_headers", "hmac.py")),
     ("key rendering + params hash", ("ingest_core/keys.py",)),
     ("manifest line + tally", ("ingest_core/results.py",)),
     ("Powertools, logging, metrics", ("aws_lambda_powertools", "ingest_core/observability.py")),
     ("transfer (buffering, budget)", ("ingest_core/transfer.py", "ingest_core/limits.py")),
     ("engine (per-item bookkeeping, timeouts)", ("ingest_core/engine.py",)),
     ("fetcher (GET, redirects, errors)", ("ingest_core/fetcher.py", "ingest_core/netguard.py")),
-    ("writer (lean PUT request)", ("ingest_core/writers.py",)),
+    ("writer (lean PUT request, S3 retries)", ("ingest_core/writers.py", "ingest_core/s3retry.py")),
     ("aiohttp client (requests, responses, parsing)", ("aiohttp/", "yarl/", "multidict/")),
     (
         "socket system calls (wall time: the kernel's loopback work, inflated under load)",
@@ -147,6 +147,37 @@ def stage_costs(body_bytes: int, repeat: int = 5, number: int = 5_000) -> list[t
     ]
 
 
+def call_counts(
+    invoke: Callable[[str, int], Any], floor: Callable[[str, int], Any], items: int, top: int
+) -> None:
+    """Function calls per item, ours against the raw floor: a measure no other load can skew."""
+    import cProfile
+    import pstats
+
+    counts: dict[str, dict[str, int]] = {}
+    for name, call in (("raw floor", floor), ("fanout-ingest", invoke)):
+        profiler = cProfile.Profile()
+        profiler.runcall(call, "calls", items)
+        stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+        counts[name] = {
+            f"{os.path.basename(func[0])}:{func[2]}": ncalls
+            for func, (_cc, ncalls, _tt, _ct, _callers) in stats.items()
+        }
+    ours, floor_counts = counts["fanout-ingest"], counts["raw floor"]
+    print(
+        f"\nfunction calls per item (cProfile, {items} items): fanout-ingest "
+        f"{sum(ours.values()) / items:.0f}, raw floor {sum(floor_counts.values()) / items:.0f}; "
+        f"the {top} largest differences:\n"
+    )
+    print("| function | ours | floor | extra |\n| --- | --- | --- | --- |")
+    names = sorted(
+        set(ours) | set(floor_counts), key=lambda n: floor_counts.get(n, 0) - ours.get(n, 0)
+    )
+    for name in names[:top]:
+        a, b = ours.get(name, 0) / items, floor_counts.get(name, 0) / items
+        print(f"| `{name}` | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -163,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", help="also write pyinstrument's HTML report here")
     parser.add_argument(
         "--stages-only", action="store_true", help="only time the per-item steps in isolation"
+    )
+    parser.add_argument(
+        "--calls", action="store_true", help="also count function calls per item, ours vs floor"
     )
     args = parser.parse_args(argv)
     print(f"\nPer-item steps in isolation ({args.body_bytes}-byte body, best of 5):\n")
@@ -198,6 +232,19 @@ def main(argv: list[str] | None = None) -> int:
         plain = invoke("plain", args.items)
         plain_us = (_cpu() - before) / args.items * 1e6
         invoke("warm2", WARMUP_ITEMS)
+        if args.calls:
+            import asyncio
+
+            from benchmarks.peers import _pool, _raw_item
+
+            def floor(tag: str, count: int) -> Any:
+                run_id = f"hotpath-{stamp}-floor-{tag}"
+                return asyncio.run(
+                    _pool(spec, count, lambda s, i, o: _raw_item(s, spec, run_id, i, o))
+                )
+
+            floor("warm", WARMUP_ITEMS)
+            call_counts(invoke, floor, args.items, args.top)
         from pyinstrument import Profiler
 
         profiler = Profiler(interval=0.001, async_mode="disabled")
