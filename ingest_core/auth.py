@@ -20,13 +20,14 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 import aiohttp
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
+from yarl import URL
 
 from ingest_core.errors import (
     BlockedError,
@@ -96,6 +97,8 @@ class BasicAuthConfig(BaseModel):
 AuthConfig = OAuth2Config | BasicAuthConfig
 # Resolves secret references to values (``secrets.resolve_secret``); blocking.
 Resolve = Callable[[str, str], str]
+# Posts the form to the token URL; returns the token and its lifetime in seconds.
+TokenRequest = Callable[[URL, dict[str, str]], Awaitable[tuple[str, float]]]
 
 
 class AuthProvider(Protocol):
@@ -151,6 +154,9 @@ class OAuth2ClientCredentials:
     policy: NetPolicy
     resolve: Resolve
     clock: Callable[[], float] = time.monotonic
+    # The token endpoint call; injectable so tests need no server (aioresponses
+    # cannot mock the pinned aiohttp).
+    request_token: TokenRequest | None = None
     token: str | None = None
     expires_at: float = 0.0
     token_requests: int = 0
@@ -197,11 +203,14 @@ class OAuth2ClientCredentials:
         if self.config.scope:
             form["scope"] = self.config.scope
         self.token_requests += 1
-        return await _token_request(self.http, check_url(self.config.token_url, self.policy), form)
+        url = check_url(self.config.token_url, self.policy)
+        if self.request_token is not None:
+            return await self.request_token(url, form)
+        return await _token_request(self.http, url, form)
 
 
 async def _token_request(
-    http: aiohttp.ClientSession, url: Any, form: dict[str, str]
+    http: aiohttp.ClientSession, url: URL, form: dict[str, str]
 ) -> tuple[str, float]:
     try:
         async with http.post(

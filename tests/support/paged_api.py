@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,8 @@ class PagedAPI:
     # (path, start record) -> HTTP statuses to answer, one per hit, before serving normally
     faults: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
+    api_key: str | None = None  # when set, every request must carry it as ``api_key``
+    bearer: Callable[[], str | None] | None = None  # when set, the valid Bearer token
     in_flight: int = 0
     max_in_flight: int = 0
 
@@ -84,6 +87,9 @@ class PagedAPI:
             finally:
                 self.in_flight -= 1
         params = {**query, **(body or {})}
+        refused = self._refused(params, request.headers.get("Authorization"))
+        if refused is not None:
+            return refused
         route = request.path.strip("/")
         start = self._start(route, params)
         pending = self.faults.get((request.path, start))
@@ -94,6 +100,13 @@ class PagedAPI:
         page = records[start : start + size]
         more = start + size < len(records)
         return getattr(self, f"_{route}")(request, params, page, start + size, more, records)
+
+    def _refused(self, params: dict[str, Any], authorization: str | None) -> web.Response | None:
+        if self.api_key is not None and params.get("api_key") != self.api_key:
+            return web.Response(status=401, text="bad api key")
+        if self.bearer is not None and authorization != f"Bearer {self.bearer()}":
+            return web.Response(status=401, text="bad token")
+        return None
 
     def _start(self, route: str, params: dict[str, Any]) -> int:
         if route == "offset":
