@@ -70,7 +70,7 @@ from ingest_core.s3retry import S3Retry, WriteStats, write_scope
 from ingest_core.secrets import resolve_secret, resolve_secret_params
 from ingest_core.settings import Settings
 from ingest_core.transfer import BodyInfo, Stored, transfer
-from ingest_core.uploads import MAX_REPORTED, OpenUpload, UploadTracker
+from ingest_core.uploads import MAX_REPORTED, ItemWrites, OpenUpload, UploadTracker, watching
 from ingest_core.writers import ObjectMeta, ObjectWriter
 
 log = logging.getLogger(__name__)
@@ -403,14 +403,16 @@ async def _worker(run: _Run, items: Iterator[PlannedItem]) -> None:
         if not run.clock.may_start():
             run.record(_not_attempted(run, item))
             continue
+        writes = ItemWrites()
         try:
-            result = await _process(run, item)
+            with watching(writes):
+                result = await _process(run, item)
             if result is None:
                 continue  # packed: reported when its object is complete
         except asyncio.CancelledError:
             if not run.clock.stopping:
                 raise
-            run.record(_cut(run, item))
+            run.record(_cut(run, item, writes))
             return  # the rest of the plan is drained by _fan_out
         except Exception as exc:  # a bug must not lose the item: report it
             log.exception("unexpected error on item %s", item.index)
@@ -429,10 +431,10 @@ def _not_attempted(run: _Run, item: PlannedItem, why: str | None = None) -> Item
     )
 
 
-def _cut(run: _Run, item: PlannedItem) -> ItemResult:
+def _cut(run: _Run, item: PlannedItem, writes: ItemWrites) -> ItemResult:
     """An item cancelled in flight: not attempted, or unknown if S3 may have stored it."""
     key = _key(run, item)
-    if not run.uploads.was_cut_committing(key):
+    if not writes.cut_committing:
         return _not_attempted(run, item, f"{run.clock.reason}; any upload was aborted")
     return ItemResult(
         index=item.index,

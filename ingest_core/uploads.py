@@ -10,8 +10,9 @@ cancellation interrupts is lost track of:
   ``attempt_timeout_s`` landing while an item is aborting no longer strands the
   abort, and its failure is logged with the key and upload id.
 - A PUT or CompleteMultipartUpload cut by a cancellation may have been applied
-  by S3: the key is remembered so the engine can report the item's write as
-  unknown rather than not attempted.
+  by S3: the item being written (``ItemWrites``, set per item with ``watching``,
+  so pages fetched in tasks of their own count too) remembers it, and the engine
+  reports the item's write as unknown rather than not attempted.
 
 ``settle`` ends the run's S3 business: it aborts every upload still open and
 waits for the aborts (and late creates) until a given time; whatever has not
@@ -23,6 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,32 @@ from ingest_core.writers import (
 log = logging.getLogger(__name__)
 
 MAX_REPORTED = 100  # uploads named in a result; the log names every one
+
+
+@dataclass(slots=True)
+class ItemWrites:
+    """What one item's S3 writes came to, as far as cancellations go."""
+
+    cut_committing: bool = False  # a PUT or Complete was cancelled in flight
+
+
+_ITEM: ContextVar[ItemWrites | None] = ContextVar("fanout_item_writes", default=None)
+
+
+@contextmanager
+def watching(writes: ItemWrites) -> Iterator[ItemWrites]:
+    """Record in ``writes`` what the tracked writers do for this task (and its children)."""
+    token = _ITEM.set(writes)
+    try:
+        yield writes
+    finally:
+        _ITEM.reset(token)
+
+
+def _cut_committing() -> None:
+    writes = _ITEM.get()
+    if writes is not None:
+        writes.cut_committing = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,21 +90,10 @@ class UploadTracker:
         self._creating: dict[asyncio.Task[Any], str] = {}  # CreateMultipartUpload in flight
         self._aborting: set[asyncio.Task[None]] = set()
         self._failed: list[OpenUpload] = []
-        self._cut: set[str] = set()
 
     def wrap(self, writer: ObjectWriter) -> ObjectWriter:
         """``writer`` with every multipart upload and commit tracked here."""
         return _TrackedWriter(writer, self)
-
-    def was_cut_committing(self, key: str) -> bool:
-        """True when a PUT or Complete of ``key`` was cancelled in flight."""
-        return key in self._cut
-
-    def cut_committing(self, key: str) -> None:
-        self._cut.add(key)
-
-    def committed(self, key: str) -> None:
-        self._cut.discard(key)
 
     async def settle(self, until: float | None) -> list[OpenUpload]:
         """Abort what is still open and wait for every create and abort until ``until``.
@@ -188,9 +207,8 @@ class _TrackedWriter:
         try:
             await self._inner.put(key, data, meta)
         except asyncio.CancelledError:
-            self._tracker.cut_committing(key)
+            _cut_committing()
             raise
-        self._tracker.committed(key)
 
     async def start_multipart(self, key: str, meta: ObjectMeta) -> MultipartUpload:
         upload = await self._tracker._create(self._inner, key, meta)
@@ -220,7 +238,7 @@ class _TrackedUpload:
         try:
             await self._inner.complete()
         except asyncio.CancelledError:
-            self._tracker.cut_committing(self._key)
+            _cut_committing()
             raise
         self._tracker._finished(self._inner)
 

@@ -27,7 +27,14 @@ from ingest_core.runtime import execute
 from ingest_core.writers import LocalDirWriter
 from tests.conftest import RAW_BUCKET
 from tests.support.faults import S3FaultProxy, expected_bytes
-from tests.support.reliability import assert_counts, event_for, failures_by_index, key_for
+from tests.support.paged_api import PagedAPI
+from tests.support.reliability import (
+    SOURCE,
+    assert_counts,
+    event_for,
+    failures_by_index,
+    key_for,
+)
 from tests.support.servers import MotoS3, Response, ScriptedAPI
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("allow_private")]
@@ -108,7 +115,9 @@ async def test_an_s3_that_never_answers_cannot_keep_the_run_past_its_deadline(
     assert any(m == "could not write the manifest" for m, _ in messages(caplog))
 
 
-@pytest.mark.parametrize("abort_fault", ["delay_request", "hang"], ids=["slow", "unanswered"])
+@pytest.mark.parametrize(
+    "abort_fault", ["delay_request", "hang", "expired_token"], ids=["slow", "unanswered", "refused"]
+)
 async def test_aborts_at_the_deadline_finish_in_its_budget_or_are_named_as_left_open(
     s3: MotoS3,
     s3_proxy: S3FaultProxy,
@@ -117,7 +126,7 @@ async def test_aborts_at_the_deadline_finish_in_its_budget_or_are_named_as_left_
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # GIVEN an item whose multipart upload is open with a part stored when the deadline
-    # comes, and an AbortMultipartUpload that is slow (0.3 s) or never answered
+    # comes, and an AbortMultipartUpload that is slow (0.3 s), never answered or refused
     url = api_server(stalled_api(["slow"])).url
     options = {**MULTIPART, "deadline_margin_s": 2.0}
     event = event_for(f"{url}/v1/data", batch=[{"date": "slow"}], options=options, request_id="a")
@@ -139,11 +148,13 @@ async def test_aborts_at_the_deadline_finish_in_its_budget_or_are_named_as_left_
         assert s3_proxy.statuses("AbortMultipartUpload") == [204]
         assert open_uploads == [] and result["uploads_left_open"] == []
         return
-    # the unanswered one is named, with its key and upload id, in the result and the log
+    # the others are named, with key and upload id, in the result and the log
     [upload] = open_uploads
     named = {"key": key, "upload_id": upload["UploadId"]}
     [left] = result["uploads_left_open"]
     assert {k: left[k] for k in named} == named and result["uploads_left_open_count"] == 1
+    why = "abort failed" if abort_fault == "expired_token" else "abort unanswered"
+    assert left["reason"].startswith(why)
     logged_open = [x for m, x in messages(caplog) if "possibly left open" in m]
     assert [(x["key"], x["upload_id"]) for x in logged_open] == [(key, upload["UploadId"])]
 
@@ -317,3 +328,32 @@ async def test_a_complete_cut_after_s3_applied_it_is_write_unknown_and_leaves_no
     assert result["write_unknown"] == 1
     assert s3.get_bytes(RAW_BUCKET, key_for(result, 0)) == body
     assert s3.incomplete_uploads(RAW_BUCKET) == [] and result["uploads_left_open"] == []
+
+
+async def test_a_later_page_cut_after_s3_stored_it_makes_the_item_write_unknown(
+    s3: MotoS3, s3_proxy: S3FaultProxy, api_server: Any
+) -> None:
+    # GIVEN a cursor-paginated item of 3 pages whose second page's PutObject S3 applies
+    # but answers only after the deadline (the first page's PUT goes through)
+    url = api_server(PagedAPI().app).url
+    pagination = {"type": "cursor", "cursor_path": "meta.next_cursor", "cursor_param": "after"}
+    event = event_for(
+        f"{url}/cursor",
+        batch=[{"date": "d1"}],
+        options={"deadline_margin_s": 2.0},
+        request_id="pw",
+        pagination=pagination,
+        records_path="items",
+    )
+    job = parse_event(event)
+    s3_proxy.inject("PutObject", "delay_answer", delay_s=0.0)
+    s3_proxy.inject("PutObject", "delay_answer", delay_s=NEVER_S)
+    deadline = time.monotonic() + 4
+    # WHEN the deadline cuts that PUT
+    outcome = await asyncio.wait_for(execute(job, deadline=deadline), timeout=40)
+    # THEN the item's write is unknown (a page may exist), not "not attempted"
+    assert time.monotonic() < deadline
+    result = outcome.result
+    assert_counts(result)
+    assert (result["write_unknown"], result["not_attempted"]) == (1, 0)
+    assert f"{SOURCE}/pw-0-1.json" in s3.list_keys(RAW_BUCKET)
