@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 1024 * 1024  # uncompressed bytes between restart points in a gzip object
 SMALL_RESERVATION = 256 * 1024
+COMPLETE_GRACE_S = 1.0  # how long a stop waits for a Complete already in flight
 PACK_CONTENT_TYPE = "application/x-ndjson"
 ResultSink = Callable[[ItemResult], None]
 
@@ -349,6 +350,7 @@ class Packer:
         self._held = 0
         self._part = 0
         self._open: _Object | None = None
+        self._completing: asyncio.Future[None] | None = None
         self.objects_written = 0
         self.objects_failed = 0
 
@@ -416,9 +418,33 @@ class Packer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        completing = self._completing
+        if completing is not None and not completing.done():
+            try:  # it reports its items itself, written or failed, once S3 answers
+                await asyncio.wait_for(asyncio.shield(completing), COMPLETE_GRACE_S)
+            except TimeoutError:
+                self._unknown(why)
         if self._open is not None:
             await self._fail(self._open, why)
         self._drain(why)
+
+    def _unknown(self, why: str) -> None:
+        """The open object's Complete (or PUT) is still in flight: it may or may not land."""
+        obj, self._open = self._open, None
+        if obj is None:
+            return
+        text = f"{why} while S3 was completing pack object {obj.key}: it may exist"
+        for held in obj.items:
+            self.on_result(
+                dataclasses.replace(
+                    held.result,
+                    key=obj.key,
+                    status=ItemStatus.WRITE_UNKNOWN,
+                    kind=FailureKind.DEADLINE,
+                    error=text,
+                )
+            )
+        obj.items = []
 
     async def _run(self) -> None:
         while (entry := await self._queue.get()) is not None:
@@ -468,6 +494,12 @@ class Packer:
 
     async def _complete(self, obj: _Object) -> None:
         obj.finish()
+        # Shielded: cancelling the packer (the deadline) must not cut a Complete in
+        # flight, after which nobody could say whether the object exists.
+        self._completing = asyncio.ensure_future(self._store(obj))
+        await asyncio.shield(self._completing)
+
+    async def _store(self, obj: _Object) -> None:
         try:
             if obj.upload is None:
                 await self.writer.put(obj.key, bytes(obj.buf), self._meta())

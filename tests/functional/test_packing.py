@@ -382,3 +382,24 @@ def test_a_chain_that_fails_mid_way_packs_nothing_of_its_item(s3: MotoS3, api_se
     packed = [orjson.loads(line)["_fanout"]["index"] for line in object_lines(s3, pack)]
     assert set(packed) == set(entries) - failed
     assert len(packed) == 25 * 2
+
+
+def test_a_body_too_large_for_memory_fails_alone_and_memory_stays_in_budget(
+    s3: MotoS3, api_server: Any
+) -> None:
+    # GIVEN a 16 MiB budget with 5 MiB parts: a packed body may hold (16 - 5) / 2 MiB
+    big = orjson.dumps({"pad": "b" * (6 * MiB)})
+    url = api_server(ScriptedAPI({"big": Response(body=big)})).url
+    event = event_for(
+        f"{url}/v1/data",
+        batch=[{"date": d} for d in ("a", "big", "c")],
+        request_id="pack-too-big",
+        options={"part_size_mb": 5, "memory_budget_mb": 16, "pack": {}},
+    )
+    # WHEN it runs
+    result, _ = run(event)
+    # THEN the 6 MiB body fails as body_too_large; the others are packed
+    entries = assert_pack_account(s3, result)
+    assert entries[1]["status"] == "failed" and entries[1]["kind"] == "body_too_large"
+    assert "fit in memory" in entries[1]["error"]
+    assert entries[0]["status"] == entries[2]["status"] == "written"

@@ -261,3 +261,47 @@ def test_pagination_with_pack_parses_and_needs_no_page_in_the_item_key() -> None
     # AND without pack the same event is refused for want of {page}
     del evt["options"]["pack"]
     assert "api_config.key_template" in problems_of(evt)
+
+
+class _StuckWriter(LocalDirWriter):
+    """A writer whose PUT never gets an answer (S3 completing the object at the deadline)."""
+
+    async def put(self, key: str, data: bytes, meta: Any) -> None:
+        await asyncio.Event().wait()
+
+
+def test_a_put_in_flight_at_the_deadline_reports_its_items_as_write_unknown(
+    tmp_path: Path,
+) -> None:
+    options = Options(part_size_mb=5, memory_budget_mb=16, pack=PackOptions())
+    results: list[ItemResult] = []
+
+    async def main() -> None:
+        packer = Packer(
+            writer=_StuckWriter(tmp_path),
+            options=options,
+            keys=PackKeys(PackOptions().template, "s", "r", 0),
+            unit=ResponseUnit(None, expect_json=True),
+            budget=ByteBudget(options.memory_budget),
+            on_result=results.append,
+        )
+        await packer.start()
+        for index in range(3):
+            staged = packer.new_item()
+
+            async def chunks() -> Any:
+                yield b'{"a": 1}'
+
+            await packer.stage(
+                staged, chunks(), index=index, page=0, params={}, status=200,
+                content_type="application/json", content_length=None,
+            )  # fmt: skip
+            packer.submit(staged, ItemResult(index, {}, None, ItemStatus.WRITTEN))
+        # WHEN the run must stop while the object's PUT has no answer
+        await packer.close(within_s=0.2)
+
+    asyncio.run(main())
+    # THEN every item it held is reported once, as "may exist", kind deadline
+    assert sorted(r.index for r in results) == [0, 1, 2]
+    assert {r.status for r in results} == {ItemStatus.WRITE_UNKNOWN}
+    assert all(r.kind is not None and r.kind.value == "deadline" for r in results)
