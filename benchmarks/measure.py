@@ -128,6 +128,7 @@ class Bench:
         sample_rss: bool = False,
         verify: bool = True,
         check: Callable[[dict[str, Any], int, int], str | None] | None = None,
+        api_config: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Run one worker, check what landed in S3 and return its record.
 
@@ -150,6 +151,7 @@ class Bench:
             warmup_items=warmup,
             body_bytes=body_bytes,
             options=options or {},
+            api_config=api_config or {},
         )
         waited = self._wait_quiet()
         before = (_server_cpu(servers.api_pid), _server_cpu(servers.s3_pid))

@@ -75,6 +75,7 @@ class WorkerSpec:
     warmup_items: int = DEFAULT_WARMUP_ITEMS
     body_bytes: int = 9_000  # what the API serves; raw_put PUTs this many bytes
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra handler options
+    api_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # over fanout's own
     repeats: int = WARM_INVOCATIONS  # fanout_warm only
 
 
@@ -294,6 +295,7 @@ def fanout_event(spec: WorkerSpec, run_id: str, count: int) -> dict[str, Any]:
             "headers": dict(API_HEADERS),
             "raw_bucket": spec.bucket,
             "source_id": SOURCE_ID,
+            **spec.api_config,
         },
         "batch": [item_params(index) for index in range(count)],
         "options": {"concurrency": spec.concurrency, **spec.options},

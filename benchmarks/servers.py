@@ -187,7 +187,9 @@ def make_api_app(options: ApiOptions) -> web.Application:
             options.body_bytes, _tag(options.seed, request.path, request.query_string)
         )
         stats["bytes"] += layout.size
-        return await _send_body(request, layout, chunked=options.chunked)
+        return await _send_body(
+            request, layout, chunked=options.chunked, extra=_total_count(request, layout)
+        )
 
     async def stats_handler(_: web.Request) -> web.Response:
         return web.json_response(stats)
@@ -198,10 +200,24 @@ def make_api_app(options: ApiOptions) -> web.Application:
     return app
 
 
+def _total_count(request: web.Request, layout: BodyLayout) -> dict[str, str]:
+    """``?pages=N`` makes a paginated API: ``X-Total-Count`` announces N pages of records."""
+    pages = request.query.get("pages", "")
+    return {"X-Total-Count": str(int(pages) * layout.count)} if pages.isdigit() else {}
+
+
 async def _send_body(
-    request: web.Request, layout: BodyLayout, *, chunked: bool
+    request: web.Request,
+    layout: BodyLayout,
+    *,
+    chunked: bool,
+    extra: dict[str, str] | None = None,
 ) -> web.StreamResponse:
-    headers = {"Content-Type": "application/json", "X-Record-Count": str(layout.count)}
+    headers = {
+        "Content-Type": "application/json",
+        "X-Record-Count": str(layout.count),
+        **(extra or {}),
+    }
     if not chunked and layout.size <= STREAM_THRESHOLD_BYTES:
         return web.Response(body=b"".join(layout.chunks()), headers=headers)
     response = web.StreamResponse(headers=headers)
