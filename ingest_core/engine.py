@@ -139,7 +139,7 @@ class _Run:
         # Every page of the endpoint shares one limit: redirects stay inside the attempt.
         self.api_limit = self.limits.for_origin(str(URL(self.job.api.endpoint).origin()))
         self.s3_limit = self.limits.for_origin(S3_ORIGIN)
-        self.uploads = UploadTracker()
+        self.uploads = UploadTracker(until=self.clock.finish_by)
         self.writer = self.uploads.wrap(self.writer)
         # Derived once per run, not per item or attempt.
         self.template = self.job.api.template

@@ -85,7 +85,13 @@ class OpenUpload:
 class UploadTracker:
     """The multipart uploads of one run and the S3 calls that end them."""
 
-    def __init__(self) -> None:
+    def __init__(self, until: float | None = None) -> None:
+        """Args:
+        until: ``time.monotonic()`` after which nobody waits for an abort any more
+            (the run's cleanup deadline); the abort goes on, and ``settle`` reports
+            it if it has not ended. None: wait as long as it takes.
+        """
+        self.until = until
         self._open: dict[int, _Entry] = {}  # created, neither completed nor aborted
         self._creating: dict[asyncio.Task[Any], str] = {}  # CreateMultipartUpload in flight
         self._aborting: set[asyncio.Task[None]] = set()
@@ -243,4 +249,11 @@ class _TrackedUpload:
         self._tracker._finished(self._inner)
 
     async def abort(self) -> None:
-        await asyncio.shield(self._tracker.abort(self._inner, self._key))
+        task = self._tracker.abort(self._inner, self._key)
+        until = self._tracker.until
+        if until is None:
+            await asyncio.shield(task)
+            return
+        # Whoever waits (an item, the packer, a manifest) waits no later than the
+        # cleanup deadline; what is still running then, settle reports.
+        await asyncio.wait([task], timeout=max(0.0, until - time.monotonic()))

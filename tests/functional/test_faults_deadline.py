@@ -357,3 +357,34 @@ async def test_a_later_page_cut_after_s3_stored_it_makes_the_item_write_unknown(
     assert_counts(result)
     assert (result["write_unknown"], result["not_attempted"]) == (1, 0)
     assert f"{SOURCE}/pw-0-1.json" in s3.list_keys(RAW_BUCKET)
+
+
+async def test_a_pack_whose_complete_and_abort_never_answer_cannot_keep_the_run(
+    s3: MotoS3, s3_proxy: S3FaultProxy, api_server: Any
+) -> None:
+    # GIVEN 8 items of 1 MiB packed into one object (a multipart upload of 5 MiB parts),
+    # and an S3 that creates the upload but then never answers: not a part, not the
+    # abort that follows when the pack cannot be completed in time
+    body = b"[" + b"0," * (MiB // 2 - 1) + b"0]"
+    url = api_server(ScriptedAPI(default=Response(body=body))).url
+    batch = [{"date": f"2025-01-0{i}"} for i in range(1, 9)]
+    options = {
+        "deadline_margin_s": 2.0,
+        "part_size_mb": 5,
+        "memory_budget_mb": 32,
+        "pack": {"unit": "response", "compression": "none"},
+    }
+    job = parse_event(event_for(f"{url}/v1/data", batch=batch, options=options, request_id="p"))
+    for operation in ("UploadPart", "CompleteMultipartUpload", "AbortMultipartUpload", "PutObject"):
+        s3_proxy.inject(operation, "hang", times=100)
+    deadline = time.monotonic() + 4
+    # WHEN the run meets its deadline with the pack still open
+    outcome = await asyncio.wait_for(execute(job, deadline=deadline), timeout=40)
+    # THEN it returned in time, the pack's items failed, and the open upload is named
+    assert time.monotonic() < deadline
+    result = outcome.result
+    assert_counts(result)
+    assert result["succeeded"] == 0
+    [left] = result["uploads_left_open"]
+    [upload] = s3.incomplete_uploads(RAW_BUCKET)
+    assert left["upload_id"] == upload["UploadId"]
