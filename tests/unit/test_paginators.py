@@ -297,3 +297,34 @@ def test_a_page_keeps_only_the_paths_its_paginator_reads() -> None:
     body = {"items": list(range(1000)), "meta": {"next": "abc", "other": [1, 2]}}
     assert project(body, config.paths) == {"meta": {"next": "abc"}}
     assert project([1, 2, 3], PaginationConfig(type="link_header").paths) == {}
+
+
+def test_a_distributed_map_batch_carries_pagination_and_request_shape_in_batch_input() -> None:
+    # GIVEN what an ItemBatcher delivers, the request shape in BatchInput.api_config
+    api = {
+        **API,
+        "method": "POST",
+        "params_in": "json",
+        "secret_params": {"api_key": "ssm:/weather/key"},
+        "pagination": {"type": "cursor", "cursor_path": "next"},
+    }
+    event = {
+        "BatchInput": {"api_config": api, "request_id": "exec-1"},
+        "Items": [{"index": 7, "params": {"date": "2025-01-01"}}],
+    }
+    job = parse_event(event, policy=OPEN)
+    # THEN the job has it all, with the paginated default key
+    assert job.api.pagination is not None and job.api.pagination.type == "cursor"
+    assert (job.api.method, job.api.params_in) == ("POST", "json")
+    assert job.api.key_template.endswith("-{page}.json")
+    # AND a bad field is named under BatchInput
+    bad = {
+        **event,
+        "BatchInput": {
+            **event["BatchInput"],
+            "api_config": {**api, "pagination": {"type": "cursor"}},
+        },
+    }
+    with pytest.raises(InvalidEventError) as caught:
+        parse_event(bad, policy=OPEN)
+    assert "BatchInput.api_config.pagination.cursor_path" in dict(caught.value.problems)
