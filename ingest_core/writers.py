@@ -634,10 +634,9 @@ class LocalDirWriter:
         return self._path(key).is_file()
 
     async def put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
-        upload = await self.start_multipart(key, meta)
+        upload = LocalUpload(self._path(key))
         try:
-            await upload.upload_part(data)
-            await upload.complete()
+            await upload.write_whole(data)  # one thread hop per small body, not three
         except BaseException:
             await upload.abort()
             raise
@@ -658,18 +657,23 @@ class LocalUpload:
         self._final = final
         self._temp = final.parent / f"{LocalDirWriter.TEMP_PREFIX}{uuid.uuid4().hex}"
         self._file: IO[bytes] | None = None
+        self._step = "create"  # what the call in flight is doing, for its error message
         # The thread call in flight: a cancelled await leaves it running, and
         # abort must not close the file under it.
         self._pending: asyncio.Future[Any] | None = None
 
     async def open(self) -> None:
-        await self._run("create", self._open)
+        await self._run(self._open)
 
     async def upload_part(self, data: bytes | memoryview) -> None:
-        await self._run("write", self._write, data)
+        await self._run(self._write, data)
 
     async def complete(self) -> None:
-        await self._run("write", self._finish)
+        await self._run(self._finish)
+
+    async def write_whole(self, data: bytes | memoryview) -> None:
+        """Create, write and complete in one worker-thread call."""
+        await self._run(self._whole, data)
 
     async def abort(self) -> None:
         if self._pending is not None and not self._pending.done():
@@ -677,29 +681,37 @@ class LocalUpload:
         with suppress(OSError):
             await asyncio.to_thread(self._discard)
 
-    async def _run(self, operation: str, call: Callable[..., None], *args: Any) -> None:
+    async def _run(self, call: Callable[..., None], *args: Any) -> None:
         self._pending = asyncio.get_running_loop().run_in_executor(None, call, *args)
         try:
             await self._pending
         except OSError as exc:
             raise LocalWriteError(
-                f"could not {operation} {self._final}: {exc.strerror or type(exc).__name__}"
+                f"could not {self._step} {self._final}: {exc.strerror or type(exc).__name__}"
             ) from exc
 
     def _open(self) -> None:
+        self._step = "create"
         self._final.parent.mkdir(parents=True, exist_ok=True)
         self._file = self._temp.open("wb")
 
     def _write(self, data: bytes | memoryview) -> None:
         assert self._file is not None, "open() first"
+        self._step = "write"
         self._file.write(data)
 
     def _finish(self) -> None:
         assert self._file is not None, "open() first"
+        self._step = "complete"
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._temp, self._final)
+
+    def _whole(self, data: bytes | memoryview) -> None:
+        self._open()
+        self._write(data)
+        self._finish()
 
     def _discard(self) -> None:
         if self._file is not None:
