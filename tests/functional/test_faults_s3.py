@@ -132,6 +132,7 @@ def test_a_single_put_over_1_mib_lands_byte_identical_on_both_put_paths(
         ("CompleteMultipartUpload", "internal_error", 1, True),
         ("CompleteMultipartUpload", "error_in_200", 1, True),
         ("CompleteMultipartUpload", "error_in_200", S3_ATTEMPTS, False),
+        ("CompleteMultipartUpload", "drop_after_forward", 1, True),
     ],
     ids=[
         "part-slowdown-ridden-out",
@@ -144,6 +145,7 @@ def test_a_single_put_over_1_mib_lands_byte_identical_on_both_put_paths(
         "complete-500-ridden-out",
         "complete-error-in-200-ridden-out",
         "complete-error-in-200-exhausted",
+        "complete-done-but-answer-lost",
     ],
 )
 def test_multipart_faults(
