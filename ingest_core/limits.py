@@ -98,6 +98,11 @@ class ByteBudget:
 
 PACE_WINDOW_S = 1.0  # what "recently admitted" means when a throttle names no Retry-After
 MIN_PACE_PER_S = 0.5
+# A pace is learned only when at least this share of the window's requests was
+# refused: a rate limit refuses everything beyond it, while an odd 503 or 429 from a
+# flaky server is a few percent, and pacing on those would ratchet the rate down
+# round after round (each sets the pace a little below the rate of the last one).
+PACE_MIN_REFUSED_SHARE = 0.1
 
 
 class Outcome(Enum):
@@ -122,10 +127,11 @@ class AdaptiveLimit:
       is 4 in flight; every success adding one overshoots within 100 ms), so a
       throttle also sets a pace of what the origin admitted over the window it
       names: requests started in the last ``Retry-After`` seconds minus those
-      throttled, per second. Requests then start evenly spaced (no burst after a
-      pause) and each success speeds the pace by ``1/pace`` (about one request
-      per second, every second), so it probes upward slowly, as TCP's congestion
-      avoidance does.
+      throttled, per second, once at least ``PACE_MIN_REFUSED_SHARE`` of them
+      were refused (an odd 503 from a flaky server sets no pace). Requests
+      then start evenly spaced (no burst after a pause) and each success speeds
+      the pace by ``1/pace`` (about one request per second, every second), so
+      it probes upward slowly, as TCP's congestion avoidance does.
 
     ``enabled=False`` only counts throttles (for the metric) and never waits.
     ``clock`` and ``sleep`` are injectable so the unit tests run on a fake clock.
@@ -238,9 +244,10 @@ class AdaptiveLimit:
             self._round_window = retry_after_s if retry_after_s else PACE_WINDOW_S
             self._round_started = sum(1 for t in self._starts if t > now - self._round_window)
             self._round_throttled = 0
-        if self.learn_pace:
-            # Later throttles of the same round refine what the origin admitted.
-            self._round_throttled += 1
+        self._round_throttled += 1  # later throttles of a round refine what was admitted
+        if self.learn_pace and self._round_throttled >= PACE_MIN_REFUSED_SHARE * max(
+            1, self._round_started
+        ):
             admitted = max(0, self._round_started - self._round_throttled)
             self.pace = max(MIN_PACE_PER_S, admitted / self._round_window)
             # Start evenly from the end of the pause, not with a burst.

@@ -249,3 +249,19 @@ def test_throttles_are_in_the_summary_line_and_the_emf_metrics() -> None:
     publish_metrics(recorder, result, [12, 30])
     assert recorder.metrics["throttled"] == 4
     assert summary(result)["throttled"] == 4
+
+
+async def test_odd_throttles_from_a_flaky_server_set_no_pace() -> None:
+    # GIVEN an origin that answers one request in 30 with 503, whatever the rate
+    clock = FakeClock()
+    limit = limit_on(clock)
+    # WHEN 3,000 requests go, 100 in flight at a time, 100 ms each
+    for _ in range(30):
+        starts = [await limit.acquire() for _ in range(min(limit.limit, 100))]
+        clock.now += 0.1
+        for n, started in enumerate(starts):
+            limit.release(started, Outcome.THROTTLED if n % 30 == 0 else Outcome.SUCCESS)
+    # THEN no pace was learned (no ratchet down to a crawl), and concurrency recovered
+    assert limit.pace is None
+    assert limit.throttled > 30
+    assert limit.limit > 32
