@@ -32,6 +32,7 @@ class Page:
         view: what the paginator reads (URL, headers, parsed body, records).
         stored: what the writer stored (bytes, records).
         attempts: attempts this page took.
+        throttled: 429/503 answers this page met (DESIGN §14).
     """
 
     index: int
@@ -42,6 +43,7 @@ class Page:
     view: PageView
     stored: Stored
     attempts: int
+    throttled: int = 0
 
 
 class PageFailed(Exception):
@@ -70,6 +72,11 @@ class ChainOutcome:
         """Attempts beyond the first, over every page (the failed one included)."""
         extra = sum(page.attempts - 1 for page in self.pages)
         return extra + max(0, self.failed_attempts - 1)
+
+    @property
+    def throttled(self) -> int:
+        """Throttled answers over the pages written."""
+        return sum(page.throttled for page in self.pages)
 
     @property
     def records(self) -> int | None:

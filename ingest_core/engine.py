@@ -572,7 +572,7 @@ async def _paginated(
         latency_ms=_ms_since(started),
         s3_attempts=s3.attempts,
         s3_retries=s3.retries,
-        throttled=s3.throttled,
+        throttled=outcome.throttled + s3.throttled,
         pages=len(keys),
         page_keys=keys,
     )
@@ -628,6 +628,7 @@ async def _page(
     """One page with its retries, under the API's adaptive limit; raises ``PageFailed``."""
     key = _key(run, item, number)
     request = run.shape.request(item.params, page.params, page.url)
+    throttled = 0
     for attempt in range(1, run.job.options.max_attempts + 1):
         async with run.api_limit.slot() as slot:
             await run.bucket.acquire()
@@ -641,7 +642,8 @@ async def _page(
                 run, lambda: _attempt_page(run, item, number, key, request, staging), slot
             )
         if isinstance(outcome, Page):
-            return dataclasses.replace(outcome, attempts=attempt)
+            return dataclasses.replace(outcome, attempts=attempt, throttled=throttled)
+        throttled += slot.outcome is Outcome.THROTTLED
         delay = None if isinstance(outcome, WriteError) else _retry_delay(run, outcome, attempt)
         if delay is None:
             raise PageFailed(outcome, attempt, key)
