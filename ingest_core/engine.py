@@ -306,7 +306,10 @@ async def _start_packer(run: _Run) -> Packer | None:
     if pack is None:
         return None
     keys = PackKeys(
-        pack.template, run.job.api.source_id, run.job.request_id, first_index(run.job.items())
+        pack.template,
+        run.job.api.source_id,
+        run.job.request_id,
+        first_index(run.job.items(), ascending=not run.job.is_map_batch),
     )
     packer = Packer(
         writer=run.writer,

@@ -595,6 +595,13 @@ def read_item(chunks: Iterable[bytes], span: PackSpan) -> tuple[bytes, int]:
     return bytes(out[span.skip : need]), consumed
 
 
-def first_index(indexes: Any) -> int:
-    """The lowest index of a run's plan (``{first_index}``); 0 for an empty plan."""
-    return min((item.index for item in indexes), default=0)
+def first_index(items: Iterable[Any], *, ascending: bool) -> int:
+    """The lowest index of a run's plan (``{first_index}``); 0 for an empty plan.
+
+    ``ascending``: the plan numbers its items upward from the first (every shape but a
+    Map batch, whose items carry their own indexes), so a million-item range is not
+    walked just for this.
+    """
+    if ascending:
+        return next((item.index for item in items), 0)
+    return min((item.index for item in items), default=0)

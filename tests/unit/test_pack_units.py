@@ -305,3 +305,19 @@ def test_a_put_in_flight_at_the_deadline_reports_its_items_as_write_unknown(
     assert sorted(r.index for r in results) == [0, 1, 2]
     assert {r.status for r in results} == {ItemStatus.WRITE_UNKNOWN}
     assert all(r.kind is not None and r.kind.value == "deadline" for r in results)
+
+
+def test_first_index_is_the_lowest_of_a_map_batch_and_the_first_otherwise() -> None:
+    from ingest_core.events import PlannedItem
+    from ingest_core.packing import first_index
+
+    items = [PlannedItem(i, {}) for i in (40, 17, 99)]
+    assert first_index(items, ascending=False) == 17
+    assert first_index(iter([PlannedItem(5, {}), PlannedItem(6, {})]), ascending=True) == 5
+    assert first_index([], ascending=True) == first_index([], ascending=False) == 0
+    map_batch = {
+        "BatchInput": {k: v for k, v in event(pack={}).items() if k != "batch"},
+        "Items": [{"index": 40, "params": {}}, {"index": 17, "params": {}}],
+    }
+    job = parse_event(map_batch, policy=POLICY)
+    assert first_index(job.items(), ascending=not job.is_map_batch) == 17
