@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from ingest_core.errors import StateConflict, StateError
 from ingest_core.planner import parse_value
+from ingest_core.writers import with_s3_retries
 
 STATE_FOLDER = "_state"
 STATE_KEY_HEX = 16
@@ -214,7 +215,8 @@ class S3StateStore:
 
     def __init__(self, client: Any, bucket: str, key: str) -> None:
         """Args:
-        client: an open aiobotocore S3 client.
+        client: an open aiobotocore S3 client (the writer's: its botocore retries
+            are off, so every call goes through ``writers.with_s3_retries``).
         bucket: the bucket of the state object.
         key: its key (``state_object_key``).
         """
@@ -227,7 +229,9 @@ class S3StateStore:
 
     async def read(self) -> Versioned | None:
         try:
-            response = await self._client.get_object(Bucket=self.bucket, Key=self.key)
+            response = await with_s3_retries(
+                "GetObject", lambda: self._client.get_object(Bucket=self.bucket, Key=self.key)
+            )
             async with response["Body"] as body:
                 # Checked before reading: a huge object at this key is not read whole.
                 if response.get("ContentLength", 0) > MAX_STATE_BYTES:
@@ -246,12 +250,15 @@ class S3StateStore:
     async def write(self, state: Watermark, *, version: str | None) -> None:
         condition = {"IfMatch": version} if version is not None else {"IfNoneMatch": "*"}
         try:
-            await self._client.put_object(
-                Bucket=self.bucket,
-                Key=self.key,
-                Body=state.to_json(),
-                ContentType="application/json",
-                **condition,
+            await with_s3_retries(
+                "PutObject",
+                lambda: self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    Body=state.to_json(),
+                    ContentType="application/json",
+                    **condition,
+                ),
             )
         except Exception as exc:
             if _is_conflict(exc):
@@ -263,7 +270,10 @@ class S3StateStore:
     async def delete(self) -> bool:
         existed = await self._exists()
         try:
-            await self._client.delete_object(Bucket=self.bucket, Key=self.key)
+            await with_s3_retries(
+                "DeleteObject",
+                lambda: self._client.delete_object(Bucket=self.bucket, Key=self.key),
+            )
         except Exception as exc:
             if not _is_aws(exc):
                 raise  # a bug, not a state problem
@@ -272,7 +282,9 @@ class S3StateStore:
 
     async def _exists(self) -> bool:
         try:
-            await self._client.head_object(Bucket=self.bucket, Key=self.key)
+            await with_s3_retries(
+                "HeadObject", lambda: self._client.head_object(Bucket=self.bucket, Key=self.key)
+            )
         except Exception as exc:
             if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 return False

@@ -27,11 +27,11 @@ import io
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 from urllib.parse import quote
 from xml.etree import ElementTree
 
@@ -44,6 +44,7 @@ from ingest_core.sigv4 import host_header, sign_put
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 SMALL_BODY = 256 * 1024
 FILE_PART_SIZE = 8 * 1024 * 1024
 FILE_READ_CHUNK = 1024 * 1024
@@ -135,6 +136,33 @@ class ObjectWriter(Protocol):
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
         """Store a local file (the manifest)."""
+
+
+async def with_s3_retries(operation: str, send: Callable[[], Awaitable[T]]) -> T:
+    """An SDK call made outside the writer, with the writer's patient retries.
+
+    The writer's client has botocore's own retries off (``runtime.s3_config``), so
+    a caller sharing it (the incremental state store) retries here: throttling,
+    5xx and dropped connections as the writer does. What is not retried, or still
+    fails after the last attempt, is raised as botocore's own exception, so the
+    caller's handling of ``NoSuchKey`` or ``PreconditionFailed`` stays as it was.
+    """
+
+    async def once() -> T:
+        try:
+            return await send()
+        except Exception as exc:
+            error = _s3_error(operation, exc)
+            if error.retryable:
+                raise error from exc
+            raise
+
+    try:
+        return await s3_retry().call(once)
+    except S3WriteError as exc:
+        if isinstance(exc.__cause__, Exception):
+            raise exc.__cause__ from None
+        raise
 
 
 async def put_file_in_parts(

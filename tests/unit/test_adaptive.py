@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from typing import Any
 
 import pytest
 
@@ -265,3 +266,50 @@ async def test_odd_throttles_from_a_flaky_server_set_no_pace() -> None:
     assert limit.pace is None
     assert limit.throttled > 30
     assert limit.limit > 32
+
+
+# ------------------------------------------------------ SDK calls outside the writer
+
+
+def client_error(code: str, status: int) -> Exception:
+    from botocore.exceptions import ClientError
+
+    response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "PutObject")
+
+
+async def test_sdk_calls_outside_the_writer_retry_throttling_and_keep_botocore_errors() -> None:
+    from botocore.exceptions import ClientError
+
+    from ingest_core.writers import with_s3_retries
+
+    # GIVEN a call that S3 answers SlowDown twice, then accepts
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise client_error("SlowDown", 503)
+        return "stored"
+
+    # WHEN it goes through with_s3_retries (no backoff, to keep the test fast)
+    with write_scope(S3Retry(base_s=0)) as stats:
+        # THEN it is retried until it passes, and counted
+        assert await with_s3_retries("PutObject", flaky) == "stored"
+    assert (len(calls), stats.retries, stats.throttled) == (3, 2, 2)
+
+    # AND an answer that is not transient comes back as botocore's own error, at once
+    async def conflict() -> None:
+        raise client_error("PreconditionFailed", 412)
+
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        await with_s3_retries("PutObject", conflict)
+
+    # AND one that stays throttled comes back as botocore's error after the last attempt
+    async def throttled() -> None:
+        raise client_error("SlowDown", 503)
+
+    with write_scope(S3Retry(base_s=0, max_attempts=3)) as stats:
+        with pytest.raises(ClientError, match="SlowDown"):
+            await with_s3_retries("PutObject", throttled)
+    assert stats.attempts == 3
