@@ -32,9 +32,9 @@ T1_MOONSHOT_RATIO = 1.3
 T2_MIN_VS_SEQUENTIAL = 5.0
 T2_MIN_VS_THREADPOOL = 4.0
 ITEMS = 2_000  # per run, each implementation
-QUICK_ITEMS = 500
+QUICK_ITEMS = 300
 MOTO_CHECK_ITEMS = 1_000  # one run each on moto, the S3 figure beside the sink's
-QUICK_MOTO_CHECK_ITEMS = 300
+QUICK_MOTO_CHECK_ITEMS = 200
 
 
 def run(bench: Bench) -> Section:
@@ -45,7 +45,7 @@ def run(bench: Bench) -> Section:
         [("raw_floor", c, items) for c in levels]
         + [("fanout_ingest", c, items) for c in levels]
         # The single-PUT path decision (docs/PERFORMANCE.md): the SDK path, same run.
-        + [("fanout_ingest_sdk", T1_CONCURRENCY, items)]
+        + ([] if bench.quick else [("fanout_ingest_sdk", T1_CONCURRENCY, items)])
         + [
             ("original_sequential", 1, items),
             ("original_threadpool", ORIGINAL_THREADS, items),
