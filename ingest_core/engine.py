@@ -913,6 +913,7 @@ async def _finish(
         manifest_key=stored_key,
     )
     result["manifest_error"] = manifest_error
+    result["adaptive"] = run.limits.snapshot()
     result.update(_open_uploads(left_open))
     manifest_uri = run.writer.describe(stored_key) if stored_key else None
     return RunOutcome(result, manifest_uri, list(run.tally.latencies_ms))

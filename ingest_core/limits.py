@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class TokenBucket:
@@ -273,6 +274,11 @@ class Slot:
 S3_ORIGIN = "s3"  # S3 writes share one limit, whatever the bucket's endpoint
 
 
+def _figures(side: str, limit: AdaptiveLimit, *, lowest: int) -> dict[str, Any]:
+    pace = None if limit.pace is None else round(limit.pace, 1)
+    return {f"{side}_limit": limit.limit, f"{side}_lowest": lowest, f"{side}_pace_per_s": pace}
+
+
 class OriginLimits:
     """One ``AdaptiveLimit`` per origin (scheme, host, port), made on first use."""
 
@@ -293,6 +299,22 @@ class OriginLimits:
 
     def items(self) -> list[tuple[str, AdaptiveLimit]]:
         return list(self._by_origin.items())
+
+    def snapshot(self) -> dict[str, Any]:
+        """For the result and the summary line: where the limits stand and how low they went.
+
+        ``api_*`` is the API's (the tightest when a run reached several origins),
+        ``s3_*`` the S3 writes'; ``*_pace_per_s`` is null until a pace was learned.
+        """
+        api = [limit for origin, limit in self._by_origin.items() if origin != S3_ORIGIN]
+        s3 = self._by_origin.get(S3_ORIGIN)
+        out: dict[str, Any] = {"enabled": self.enabled}
+        if api:
+            tightest = min(api, key=lambda limit: limit.limit)
+            out.update(_figures("api", tightest, lowest=min(limit.lowest for limit in api)))
+        if s3 is not None:
+            out.update(_figures("s3", s3, lowest=s3.lowest))
+        return out
 
     def describe(self) -> str:
         """For a progress line: ``limit 32/64 at 40/s, 12 throttled`` (S3's once it moved)."""

@@ -19,6 +19,7 @@ SUMMARY_FIELDS = (
     "bytes_written",
     "retries",
     "throttled",
+    "adaptive",
     "duration_ms",
     "manifest_key",
     "failures_truncated",

@@ -652,9 +652,23 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("bytes", f"{human_bytes(result['bytes_written'])} ({result['bytes_written']:,})"),
         *_pages_row(result),
         ("retries", f"{result.get('retries', 0):,}"),
+        *_throttled_row(result),
         ("duration", f"{duration_s:.2f} s"),
         ("items/s", f"{finished / duration_s:.1f}"),
     ]
+
+
+def _throttled_row(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``throttled  24 (API limit down to 32, paced at 40/s)``, when anything was."""
+    if not result.get("throttled"):
+        return []
+    adaptive = result.get("adaptive") or {}
+    text = f"{result['throttled']:,}"
+    if adaptive.get("enabled") and adaptive.get("api_lowest") is not None:
+        text += f" (API limit down to {adaptive['api_lowest']}"
+        pace = adaptive.get("api_pace_per_s")
+        text += f", paced at {pace:g}/s)" if pace is not None else ")"
+    return [("throttled", text)]
 
 
 def _pages_row(result: Mapping[str, Any]) -> list[tuple[str, str]]:

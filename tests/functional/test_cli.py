@@ -784,3 +784,5 @@ def test_backfill_progress_shows_the_adaptive_limit_and_throttles(
     last = [line for line in done.stderr.splitlines() if line.startswith("backfill: 20/20")][-1]
     assert f", {api.rejected} throttled" in last, last
     assert ", limit " in last and "/16 at " in last, last
+    # AND the summary table has a throttled row saying how low the limit went
+    assert f"throttled      {api.rejected} (API limit down to " in done.stdout, done.stdout

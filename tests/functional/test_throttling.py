@@ -137,6 +137,16 @@ def test_a_rate_limited_api_is_respected(s3: MotoS3, api_server: Any) -> None:
         result, _ = run(event)
         assert result["status"] == "SUCCESS", result["failures"]
         assert result["throttled"] == api.rejected
+        adaptive_figures = result["adaptive"]
+        assert adaptive_figures["enabled"] is adaptive
+        if adaptive:  # the limit went down, and a pace near the server's rate was learned
+            assert adaptive_figures["api_lowest"] < 32
+            assert 10 <= adaptive_figures["api_pace_per_s"] <= 30
+        else:
+            assert (adaptive_figures["api_lowest"], adaptive_figures["api_pace_per_s"]) == (
+                32,
+                None,
+            )
         counts[adaptive] = api.rejected
         if adaptive:
             assert_s3_outcome(s3, result, {i: served_body(p) for i, p in enumerate(batch)})
