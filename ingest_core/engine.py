@@ -420,7 +420,19 @@ async def _worker(run: _Run, items: Iterator[PlannedItem]) -> None:
         except Exception as exc:  # a bug must not lose the item: report it
             log.exception("unexpected error on item %s", item.index)
             result = _failed(item, _key(run, item), exc, attempts=1, started=time.monotonic())
-        run.record(result)
+        run.record(_unknown_if_cut(result, writes))
+
+
+def _unknown_if_cut(result: ItemResult, writes: ItemWrites) -> ItemResult:
+    """A failed item one of whose attempts was cut mid-PUT (``attempt_timeout_s``)
+    may have its object after all: say so rather than promise nothing is there."""
+    if result.status is not ItemStatus.FAILED or not writes.cut_committing:
+        return result
+    return dataclasses.replace(
+        result,
+        status=ItemStatus.WRITE_UNKNOWN,
+        error=f"{result.error}; an attempt was cut while S3 was storing the object: it may exist",
+    )
 
 
 def _not_attempted(run: _Run, item: PlannedItem, why: str | None = None) -> ItemResult:

@@ -388,3 +388,22 @@ async def test_a_pack_whose_complete_and_abort_never_answer_cannot_keep_the_run(
     [left] = result["uploads_left_open"]
     [upload] = s3.incomplete_uploads(RAW_BUCKET)
     assert left["upload_id"] == upload["UploadId"]
+
+
+async def test_a_put_cut_by_the_attempt_timeout_after_s3_stored_it_is_write_unknown(
+    s3: MotoS3, s3_proxy: S3FaultProxy, api_server: Any
+) -> None:
+    # GIVEN one item whose PutObject S3 applies but answers after the attempt's timeout
+    url = api_server(ScriptedAPI()).url
+    options = {"attempt_timeout_s": 1.0, "max_attempts": 1}
+    event = event_for(f"{url}/v1/data", batch=[{"date": "d"}], options=options, request_id="at")
+    s3_proxy.inject("PutObject", "delay_answer", delay_s=5.0)
+    # WHEN the attempt times out with the PUT in flight, and the item fails
+    outcome = await asyncio.wait_for(execute(parse_event(event)), timeout=40)
+    # THEN the item keeps its failure kind but says the object may exist (it does)
+    result = outcome.result
+    assert_counts(result)
+    assert (result["failed"], result["write_unknown"]) == (1, 1)
+    [failure] = result["failures"]
+    assert failure["kind"] == "timeout" and "may exist" in failure["error"]
+    assert key_for(result, 0) in s3.list_keys(RAW_BUCKET)
