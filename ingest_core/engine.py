@@ -573,8 +573,7 @@ async def _paginated(
         return _settle_chain(run, item, key, outcome, staging, attempts, started, s3)
     keys = tuple(page.key for page in outcome.pages)
     if outcome.error is not None:
-        failed = _failed(item, key, outcome.error, attempts=attempts, started=started, s3=s3)
-        return dataclasses.replace(failed, pages=len(keys), page_keys=keys)
+        return _chain_failed(item, key, outcome, attempts, started, s3, page_keys=keys)
     return ItemResult(
         index=item.index,
         params=item.params,
@@ -609,28 +608,39 @@ def _settle_chain(
     s3: WriteStats,
 ) -> ItemResult | None:
     """A packed chain: its pages' lines, in page order, go to the packer as one item."""
-    pages = len(outcome.pages)
     if outcome.error is not None:
         _release(staging)
-        failed = _failed(item, key, outcome.error, attempts=attempts, started=started, s3=s3)
-        return dataclasses.replace(failed, pages=pages)
+        return _chain_failed(item, key, outcome, attempts, started, s3)
     assert run.packer is not None
     merged = run.packer.new_item()
     for number in sorted(staging):
         merged.merge(staging.pop(number))
-    pending = ItemResult(
-        index=item.index,
-        params=item.params,
-        key=None,
-        status=ItemStatus.WRITTEN,
-        attempts=attempts,
-        received_bytes=merged.received,
-        records=outcome.records,
-        latency_ms=_ms_since(started),
-        pages=pages,
-    )
-    run.packer.submit(merged, pending)
+    pages = len(outcome.pages)
+    _submit_packed(run, item, merged, attempts, started, outcome.throttled, pages=pages)
     return None
+
+
+def _chain_failed(
+    item: PlannedItem,
+    key: str,
+    outcome: ChainOutcome,
+    attempts: int,
+    started: float,
+    s3: WriteStats,
+    page_keys: tuple[str, ...] = (),
+) -> ItemResult:
+    """A chain that ended in an error: its pages so far, and every page's throttles."""
+    assert outcome.error is not None
+    failed = _failed(
+        item,
+        key,
+        outcome.error,
+        attempts=attempts,
+        started=started,
+        s3=s3,
+        api_throttled=outcome.throttled,
+    )
+    return dataclasses.replace(failed, pages=len(outcome.pages), page_keys=page_keys)
 
 
 async def _page(
@@ -802,6 +812,20 @@ def _settle(
     """The written result, or None when the packer reports it once its object is complete."""
     if isinstance(stored, Stored):
         return _written(item, key, stored, attempts, started, s3, api_throttled)
+    _submit_packed(run, item, stored, attempts, started, api_throttled)
+    return None
+
+
+def _submit_packed(
+    run: _Run,
+    item: PlannedItem,
+    staged: Staged,
+    attempts: int,
+    started: float,
+    api_throttled: int,
+    pages: int | None = None,
+) -> None:
+    """Hand an item's lines to the packer, which reports it once its object is complete."""
     assert run.packer is not None
     pending = ItemResult(
         index=item.index,
@@ -809,13 +833,13 @@ def _settle(
         key=None,
         status=ItemStatus.WRITTEN,
         attempts=attempts,
-        received_bytes=stored.received,
-        records=stored.records,
+        received_bytes=staged.received,
+        records=staged.records,
         latency_ms=_ms_since(started),
         throttled=api_throttled,  # the pack's own S3 writes are the packer's to count
+        pages=pages,
     )
-    run.packer.submit(stored, pending)
-    return None
+    run.packer.submit(staged, pending)
 
 
 def _body_info(response: aiohttp.ClientResponse) -> BodyInfo:

@@ -167,6 +167,35 @@ def test_a_retryable_fault_mid_chain_is_retried_and_counted(s3: MotoS3, api_serv
     assert manifest(s3, result)[0]["attempts"] == 2
 
 
+def test_a_chain_that_fails_after_a_throttled_page_still_counts_the_throttle(
+    s3: MotoS3, api_server: Any
+) -> None:
+    # GIVEN page 1 answers 503 once (retried), then page 2 answers 400 (not retried)
+    api = PagedAPI(faults={("/cursor", 10): [503], ("/cursor", 20): [400]})
+    url = api_server(api.app).url
+    # WHEN the item is ingested
+    result = run(url, "cursor", ["d"], options={"max_attempts": 3})
+    # THEN it fails on page 2, and the 503 of page 1 is still counted as a throttle
+    assert result["failed"] == 1 and result["failures"][0]["kind"] == "http_status"
+    assert result["throttled"] == 1
+
+
+@pytest.mark.parametrize("unit", ["response", "record"])
+def test_a_packed_chain_counts_the_throttles_of_its_pages(
+    s3: MotoS3, api_server: Any, unit: str
+) -> None:
+    # GIVEN a packed run whose item's page 1 answers 503 once
+    api = PagedAPI(faults={("/cursor", 10): [503]})
+    url = api_server(api.app).url
+    # WHEN it is ingested
+    options = {"max_attempts": 3, "pack": {"unit": unit, "compression": "none"}}
+    result = run(url, "cursor", ["d"], options=options)
+    # THEN the item lands in the pack and its page's 503 is in the result's throttled
+    assert result["status"] == "SUCCESS", result["failures"]
+    assert (result["retries"], result["throttled"]) == (1, 1)
+    assert result["records_ingested"] == 25
+
+
 def test_an_empty_first_page_is_written_and_ends_the_chain(s3: MotoS3, api_server: Any) -> None:
     api = PagedAPI(totals={"empty": 0})
     url = api_server(api.app).url
