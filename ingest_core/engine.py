@@ -60,7 +60,7 @@ from ingest_core.limits import (
     Slot,
     TokenBucket,
 )
-from ingest_core.packing import Packer, Staged, first_index, make_unit
+from ingest_core.packing import Lines, Packer, Staged, first_index, make_unit
 from ingest_core.pagination import PageRequest, PageView, make_chain, project
 from ingest_core.records import NOT_ONE_VALUE
 from ingest_core.redact import register_secret
@@ -704,21 +704,7 @@ async def _stage_page(
 ) -> Page:
     """Packed: the page becomes lines staged for the item; the paginator reads its value."""
     assert run.packer is not None
-    staged = run.packer.new_item()
-    try:
-        lines = await run.packer.stage(
-            staged,
-            iter_body(response, READ_CHUNK),
-            index=item.index,
-            page=number,
-            params=item.params,
-            status=response.status,
-            content_type=info.content_type,
-            content_length=None if info.encoded else info.content_length,
-        )
-    except BaseException:
-        staged.release()
-        raise
+    staged, lines = await _stage(run.packer, item, response, info, page=number)
     previous = staging.pop(number, None)  # an earlier attempt of this page, if any
     if previous is not None:
         previous.release()
@@ -764,7 +750,8 @@ async def _attempt(
     async with open_response(run.http, request, run.settings.policy) as response:
         info = _body_info(response)
         if run.packer is not None:
-            return await _stage(run.packer, item, response, info)
+            staged, _ = await _stage(run.packer, item, response, info)
+            return staged
         meta = _object_meta(run, item, info)
         return await transfer(
             iter_body(response, READ_CHUNK),
@@ -779,15 +766,20 @@ async def _attempt(
 
 
 async def _stage(
-    packer: Packer, item: PlannedItem, response: aiohttp.ClientResponse, info: BodyInfo
-) -> Staged:
+    packer: Packer,
+    item: PlannedItem,
+    response: aiohttp.ClientResponse,
+    info: BodyInfo,
+    page: int = 0,
+) -> tuple[Staged, Lines]:
+    """A page's body turned into pack lines, staged under its own reservation."""
     staged = packer.new_item()
     try:
-        await packer.stage(
+        lines = await packer.stage(
             staged,
             iter_body(response, READ_CHUNK),
             index=item.index,
-            page=0,
+            page=page,
             params=item.params,
             status=response.status,
             content_type=info.content_type,
@@ -796,7 +788,7 @@ async def _stage(
     except BaseException:
         staged.release()
         raise
-    return staged
+    return staged, lines
 
 
 def _settle(

@@ -434,17 +434,7 @@ class Packer:
         if obj is None:
             return
         text = f"{why} while S3 was completing pack object {obj.key}: it may exist"
-        for held in obj.items:
-            self.on_result(
-                dataclasses.replace(
-                    held.result,
-                    key=obj.key,
-                    status=ItemStatus.WRITE_UNKNOWN,
-                    kind=FailureKind.DEADLINE,
-                    error=text,
-                )
-            )
-        obj.items = []
+        self._report(obj, ItemStatus.WRITE_UNKNOWN, FailureKind.DEADLINE, text)
 
     async def _run(self) -> None:
         while (entry := await self._queue.get()) is not None:
@@ -541,15 +531,13 @@ class Packer:
             except Exception:
                 log.warning("abort of pack upload failed", extra={"key": obj.key}, exc_info=True)
         text = f"pack object {obj.key} not completed: {why}"
+        self._report(obj, ItemStatus.FAILED, FailureKind.S3_ERROR, text)
+
+    def _report(self, obj: _Object, status: ItemStatus, kind: FailureKind, text: str) -> None:
+        """Every item the object held ends with the object's fate, and it holds none after."""
         for held in obj.items:
             self.on_result(
-                dataclasses.replace(
-                    held.result,
-                    key=obj.key,
-                    status=ItemStatus.FAILED,
-                    kind=FailureKind.S3_ERROR,
-                    error=text,
-                )
+                dataclasses.replace(held.result, key=obj.key, status=status, kind=kind, error=text)
             )
         obj.items = []
 
