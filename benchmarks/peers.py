@@ -17,7 +17,7 @@ Implementations:
   coroutines pulling items, GET then an unsigned aiohttp PUT of the same bytes to
   ``{s3}/{bucket}/{key}``; no retries, no checks beyond the status codes.
 * ``raw_put``: PUTs only (a fixed body), the S3 capacity check for the latency scenario.
-* ``fanout_ingest``: ``handler.app.lambda_handler`` with a ``batch`` event (DESIGN §3).
+* ``fanout_ingest``: ``handler.app.lambda_handler`` with a ``batch`` event (CONTRACT §3).
 * ``fanout_warm``: repeated one-item invocations of the handler, for start-up overhead.
 
 The harness side, ``run_worker``, launches a worker, optionally samples its RSS
@@ -109,7 +109,7 @@ def item_params(index: int) -> dict[str, Any]:
 
 
 def item_key(run_id: str, index: int) -> str:
-    """The object key of item ``index``: DESIGN §5's default scheme."""
+    """The object key of item ``index``: CONTRACT §5's default scheme."""
     return f"{SOURCE_ID}/{run_id}-{index}.json"
 
 
@@ -288,7 +288,7 @@ class LocalContext:
 
 
 def fanout_event(spec: WorkerSpec, run_id: str, count: int) -> dict[str, Any]:
-    """A DESIGN §3 ``batch`` event for ``count`` items keyed ``bench/<run_id>-<i>.json``."""
+    """A CONTRACT §3 ``batch`` event for ``count`` items keyed ``bench/<run_id>-<i>.json``."""
     return {
         "api_config": {
             "endpoint": spec.api_url,

@@ -62,7 +62,7 @@ def _close() -> None:  # pragma: no cover - runs at interpreter exit
 
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Ingest one event; returns the result of DESIGN §6 or raises ``IngestError``."""
+    """Ingest one event; returns the result of CONTRACT §6 or raises ``IngestError``."""
     try:
         job = parse_event(event, default_request_id=getattr(context, "aws_request_id", None))
     except InvalidEventError:

@@ -1,4 +1,4 @@
-"""``api_config.auth`` (DESIGN §12): OAuth2 client credentials and HTTP basic.
+"""``api_config.auth`` (CONTRACT §12): OAuth2 client credentials and HTTP basic.
 
 Every credential in the config is a secret reference, resolved at run time (off
 the event loop). One provider serves a whole run:

@@ -1,4 +1,4 @@
-"""One item as a chain of pages (DESIGN §11): page by page, or in parallel once known.
+"""One item as a chain of pages (CONTRACT §11): page by page, or in parallel once known.
 
 ``run_chain`` drives a ``pagination.Chain`` with a ``FetchPage`` the engine
 supplies (fetch one page with retries, write it, return the ``Page``), so this
@@ -32,7 +32,7 @@ class Page:
         view: what the paginator reads (URL, headers, parsed body, records).
         stored: what the writer stored (bytes, records).
         attempts: attempts this page took.
-        throttled: 429/503 answers this page met (DESIGN §14).
+        throttled: 429/503 answers this page met (CONTRACT §14).
     """
 
     index: int

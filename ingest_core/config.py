@@ -1,4 +1,4 @@
-"""Run options (DESIGN §4): frozen, keyword-only, validated once.
+"""Run options (CONTRACT §4): frozen, keyword-only, validated once.
 
 Defaults are named module constants so the CLI, the README and the tests quote
 one source. Explicit values (event ``options``, CLI flags) beat the defaults;
@@ -30,7 +30,7 @@ DEFAULT_DEADLINE_MARGIN_S = 5.0
 # quarter of it: below a second, that leaves S3 no time to answer before the deadline.
 MIN_DEADLINE_MARGIN_S = 1.0
 MAX_FAILURES_IN_RESULT = 1000
-DEFAULT_S3_MAX_ATTEMPTS = 10  # botocore's standard mode gives up after 3 (DESIGN §14)
+DEFAULT_S3_MAX_ATTEMPTS = 10  # botocore's standard mode gives up after 3 (CONTRACT §14)
 MAX_S3_MAX_ATTEMPTS = 50
 
 DEFAULT_PACK_TARGET_MB = 64
@@ -48,7 +48,7 @@ MIB = 1024 * 1024
 
 
 class PackOptions(BaseModel):
-    """``options.pack`` (DESIGN §13): many responses share one NDJSON object."""
+    """``options.pack`` (CONTRACT §13): many responses share one NDJSON object."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
 
@@ -95,7 +95,7 @@ class Options(BaseModel):
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=20)
     connect_timeout_s: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0, le=300)
     read_timeout_s: float = Field(DEFAULT_READ_TIMEOUT_S, gt=0, le=900)
-    # Not in DESIGN §4's table: without a cap per attempt, a server dripping one
+    # Not in CONTRACT §4's table: without a cap per attempt, a server dripping one
     # byte a second never trips the read timeout and holds a slot until the deadline.
     attempt_timeout_s: float = Field(DEFAULT_ATTEMPT_TIMEOUT_S, gt=0, le=900)
     rate_limit_per_s: float = Field(DEFAULT_RATE_LIMIT_PER_S, ge=0)
@@ -108,7 +108,7 @@ class Options(BaseModel):
     expect_json: bool = True
     fail_on_error: bool = False
     pack: PackOptions | None = None
-    # DESIGN §14: S3 writes retry SlowDown, 5xx and dropped connections this many
+    # CONTRACT §14: S3 writes retry SlowDown, 5xx and dropped connections this many
     # times (within the deadline); the API's allowed concurrency adapts (AIMD, a
     # shared Retry-After pause) when ``adaptive`` is on.
     s3_max_attempts: int = Field(DEFAULT_S3_MAX_ATTEMPTS, ge=1, le=MAX_S3_MAX_ATTEMPTS)

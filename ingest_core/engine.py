@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
 MANIFEST_CONTENT_TYPE = "application/x-ndjson"
-THROTTLE_STATUSES = frozenset({429, 503})  # the API asking us to slow down (DESIGN §14)
+THROTTLE_STATUSES = frozenset({429, 503})  # the API asking us to slow down (CONTRACT §14)
 ItemCallback = Callable[[ItemResult], None]
 T = TypeVar("T")
 
@@ -241,7 +241,7 @@ async def run_job(
         stop: set it to stop early (Ctrl-C): nothing new starts, uploads in
             flight are aborted, and those items are reported as not attempted.
         manifest_prefix: put before the manifest key (the CLI's ``--dest`` prefix).
-        limits: the adaptive per-origin limits (DESIGN §14); pass one to watch
+        limits: the adaptive per-origin limits (CONTRACT §14); pass one to watch
             them (the CLI's progress line); by default one made from the options.
         secret_params: ``api_config.secret_params`` already resolved; resolved
             here (off the event loop) when None.
@@ -301,7 +301,7 @@ async def _secret_params(job: Job, given: Mapping[str, str] | None) -> Mapping[s
 
 
 async def _start_packer(run: _Run) -> Packer | None:
-    """With ``options.pack``, items go to a packer instead of an object each (DESIGN §13)."""
+    """With ``options.pack``, items go to a packer instead of an object each (CONTRACT §13)."""
     pack = run.job.options.pack
     if pack is None:
         return None

@@ -38,7 +38,7 @@ from ingest_core.redact import scrub, scrub_value
 
 
 class FailureKind(StrEnum):
-    """The closed set of reasons an item did not land (DESIGN §6)."""
+    """The closed set of reasons an item did not land (CONTRACT §6)."""
 
     HTTP_STATUS = "http_status"
     TIMEOUT = "timeout"

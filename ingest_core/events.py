@@ -1,4 +1,4 @@
-"""Events (DESIGN §3) -> one validated ``Job``.
+"""Events (CONTRACT §3) -> one validated ``Job``.
 
 Four shapes say what to fetch: ``query_params`` (the original single request),
 ``batch``, ``date_range`` and the Distributed Map ``{"BatchInput", "Items"}``.
@@ -132,7 +132,7 @@ class ApiConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _paginated_default_key(cls, data: Any) -> Any:
-        # With pagination on, the default key names the page (DESIGN §11).
+        # With pagination on, the default key names the page (CONTRACT §11).
         if isinstance(data, dict) and data.get("pagination") and "key_template" not in data:
             return {**data, "key_template": PAGINATED_KEY_TEMPLATE}
         return data
@@ -431,7 +431,7 @@ def _paginated_option_problems(options: Options, prefix: str) -> list[tuple[str,
 
 
 def _check_pack(job: Job, prefix: str) -> None:
-    """``options.pack`` against the rest of the event (DESIGN §13)."""
+    """``options.pack`` against the rest of the event (CONTRACT §13)."""
     pack, options = job.options.pack, job.options
     if pack is None:
         return

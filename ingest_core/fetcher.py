@@ -67,7 +67,7 @@ class FetchRequest:
 
 @dataclass(frozen=True, slots=True)
 class RequestShape:
-    """How every request of a run is built (DESIGN §12): method, where params go, secrets.
+    """How every request of a run is built (CONTRACT §12): method, where params go, secrets.
 
     Built once per run; ``request`` makes one item's (or one page's) ``FetchRequest``.
     """

@@ -1,4 +1,4 @@
-"""Incremental runs (DESIGN §15): start after the watermark, advance over what landed.
+"""Incremental runs (CONTRACT §15): start after the watermark, advance over what landed.
 
 ``run_incremental`` wraps one run of a ``date_range`` job without touching the
 engine: it reads the watermark, drops the items it covers from the plan, runs

@@ -1,4 +1,4 @@
-"""Object keys: templates, params hashes and validation (DESIGN §5).
+"""Object keys: templates, params hashes and validation (CONTRACT §5).
 
 A ``key_template`` is user input, so it is parsed once with
 ``string.Formatter().parse`` and rendered by plain substitution: ``str.format``
@@ -187,7 +187,7 @@ class KeyTemplate:
 
     @property
     def uses_page(self) -> bool:
-        """True when the template has ``{page}`` (DESIGN §11)."""
+        """True when the template has ``{page}`` (CONTRACT §11)."""
         return any(field == "page" for _, field in self.parts)
 
     @property

@@ -1,5 +1,5 @@
 """Shared limits of one run: the request rate, the memory budget and the adaptive
-per-origin limit (DESIGN §14)."""
+per-origin limit (CONTRACT §14)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ class AdaptiveLimit:
     """The adaptive limit of one origin (an API, or S3): AIMD concurrency, a shared
     pause and, after the first throttle, a learned pace.
 
-    - Concurrency (DESIGN §14): a throttle halves the allowed requests in flight
+    - Concurrency (CONTRACT §14): a throttle halves the allowed requests in flight
       (down to 1), each success adds one (up to ``ceiling``). Only a request
       started since the last decrease can decrease it again, so the 24 throttles
       of one burst halve it once, not 24 times (TCP halves once per window too).

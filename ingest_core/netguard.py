@@ -1,6 +1,6 @@
 """The SSRF guard: which URLs, addresses and buckets the API side may touch.
 
-DESIGN §7 and §8. Two layers, because neither is enough alone:
+CONTRACT §7 and §8. Two layers, because neither is enough alone:
 
 * ``check_url`` runs before any request (and on every redirect target): https
   only, no user info, the host allow-list, and IP literals in every spelling.

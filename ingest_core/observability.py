@@ -1,4 +1,4 @@
-"""Logs and metrics of one invocation (DESIGN §9), from its result.
+"""Logs and metrics of one invocation (CONTRACT §9), from its result.
 
 No header value ever reaches these: the result carries none, by construction.
 """

@@ -1,4 +1,4 @@
-"""Pagination (DESIGN §11): one small strategy per ``type`` behind one protocol.
+"""Pagination (CONTRACT §11): one small strategy per ``type`` behind one protocol.
 
 A ``Paginator`` is pure: given what a page's response said (a ``PageView``),
 it answers with the next request (a ``PageRequest``) or ``None`` to stop. It
@@ -63,7 +63,7 @@ _PATH_FIELDS = ("next_path", "cursor_path", "total_path", "total_pages_path")
 
 
 class PaginationConfig(BaseModel):
-    """``api_config.pagination``: the table of DESIGN §11."""
+    """``api_config.pagination``: the table of CONTRACT §11."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -120,7 +120,7 @@ class PageView:
         url: the URL the page came from (after redirects): next links resolve against it.
         headers: the response headers.
         value: the body as one parsed JSON value, or ``NOT_PARSED``.
-        records: records on the page (DESIGN §6), None when not known.
+        records: records on the page (CONTRACT §6), None when not known.
     """
 
     number: int

@@ -1,4 +1,4 @@
-"""Date ranges -> request params, lazily (DESIGN §3 ``date_range``).
+"""Date ranges -> request params, lazily (CONTRACT §3 ``date_range``).
 
 A range is validated eagerly (bad dates, a bad step, a bad format and an end
 before the start all raise ``ValueError`` at call time) and expanded lazily: a

@@ -1,4 +1,4 @@
-"""Counting records in a body (DESIGN §6) and judging whether it is JSON.
+"""Counting records in a body (CONTRACT §6) and judging whether it is JSON.
 
 A top-level JSON array counts its elements; with ``records_path`` the array at
 that dotted path; NDJSON counts its non-empty lines; any other JSON value counts

@@ -1,4 +1,4 @@
-"""Per-item outcomes (values, not exceptions), the manifest and the result (DESIGN §6)."""
+"""Per-item outcomes (values, not exceptions), the manifest and the result (CONTRACT §6)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class ItemStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PackSpan:
-    """Where a packed item's lines are in its object (DESIGN §13).
+    """Where a packed item's lines are in its object (CONTRACT §13).
 
     ``first_line`` and ``line_count`` count NDJSON lines from 0. ``offset`` is the
     byte offset in the stored object to start reading at: the item's first byte
@@ -96,7 +96,7 @@ class ItemResult:
     s3_attempts: int = 0  # the most attempts one S3 call of the item needed
     s3_retries: int = 0  # S3 attempts beyond the first, over all its calls
     throttled: int = 0  # 429/503 from the API and SlowDown from S3 this item met
-    # With pagination (DESIGN §11): pages written and their keys, in page order.
+    # With pagination (CONTRACT §11): pages written and their keys, in page order.
     pages: int | None = None
     page_keys: tuple[str, ...] = ()
 
@@ -248,7 +248,7 @@ class Tally:
     def to_result(
         self, *, request_id: str, source_id: str, duration_ms: int, manifest_key: str | None
     ) -> dict[str, Any]:
-        """The JSON-serialisable result of DESIGN §6."""
+        """The JSON-serialisable result of CONTRACT §6."""
         assert self.succeeded + self.failed + self.not_attempted == self.requested, (
             "counts invariant broken"
         )

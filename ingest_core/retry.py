@@ -1,4 +1,4 @@
-"""Retry policy for API requests (DESIGN §7): which answers to retry and how long to wait."""
+"""Retry policy for API requests (CONTRACT §7): which answers to retry and how long to wait."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ _DELTA_SECONDS_RE = re.compile(r"[0-9]+")
 
 
 def is_retryable_status(status: int) -> bool:
-    """True for the statuses DESIGN §7 retries; other 4xx are never retried."""
+    """True for the statuses CONTRACT §7 retries; other 4xx are never retried."""
     return status in RETRYABLE_STATUSES
 
 

@@ -1,4 +1,4 @@
-"""Patient S3 write retries (DESIGN §14): an item already fetched is not thrown away
+"""Patient S3 write retries (CONTRACT §14): an item already fetched is not thrown away
 because S3 said SlowDown.
 
 Every S3 call an ``S3Writer`` makes goes through ``S3Retry.call``: SlowDown, other

@@ -60,7 +60,7 @@ def resolve_secret_headers(secret_headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def resolve_secret_params(secret_params: Mapping[str, str]) -> dict[str, str]:
-    """Resolve ``secret_params`` (DESIGN §12) like ``secret_headers``.
+    """Resolve ``secret_params`` (CONTRACT §12) like ``secret_headers``.
 
     Raises:
         SecretResolutionError: naming the parameter and reference, never a value.

@@ -1,4 +1,4 @@
-"""The process environment (DESIGN §8), read in this one place."""
+"""The process environment (CONTRACT §8), read in this one place."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The watermark of incremental runs (DESIGN §15), in S3 or in a local folder.
+"""The watermark of incremental runs (CONTRACT §15), in S3 or in a local folder.
 
 One small JSON object per range, ``{source_id}/_state/{state_key}.json``::
 

@@ -1,4 +1,4 @@
-"""Write plans, start backfills and watch them on the deployed Distributed Map (DESIGN §10).
+"""Write plans, start backfills and watch them on the deployed Distributed Map (CONTRACT §10).
 
 Library code behind the CLI's ``plan --upload`` and ``launch`` subcommands. It is
 synchronous boto3 on purpose: a launch makes a handful of sequential calls, so an event
@@ -31,7 +31,7 @@ import orjson
 from ingest_core.errors import InvalidEventError
 
 # Step Functions accepts more characters in an execution name, but the name becomes the
-# request_id of every batch: inside object keys (DESIGN §5), checked by the handler's
+# request_id of every batch: inside object keys (CONTRACT §5), checked by the handler's
 # REQUEST_ID_RE, and a CloudWatch dimension. This pattern is safe for all three.
 EXECUTION_NAME_MAX_LEN: Final = 80
 _EXECUTION_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
@@ -97,7 +97,7 @@ def upload_plan(
     (numbered from 0 within its batch) would overwrite another batch's object.
 
     Args:
-        items: Plan items ``{"index": i, "params": {...}}`` (DESIGN §3), e.g. from the
+        items: Plan items ``{"index": i, "params": {...}}`` (CONTRACT §3), e.g. from the
             planner; any iterable, consumed once.
         dest: ``s3://bucket/key``. A JSON Lines plan needs a ``.jsonl`` or ``.ndjson``
             key and a JSON-array plan any other key, because that is how the state
@@ -150,8 +150,8 @@ def start_backfill(
     Args:
         state_machine_arn: The ``StateMachineArn`` output of the stack.
         plan_uri: ``s3://bucket/key`` of a plan written by :func:`upload_plan`.
-        api_config: The event's ``api_config`` (DESIGN §3); references only, no secrets.
-        options: The event's ``options`` (DESIGN §4); ``None`` means the defaults.
+        api_config: The event's ``api_config`` (CONTRACT §3); references only, no secrets.
+        options: The event's ``options`` (CONTRACT §4); ``None`` means the defaults.
         name: Execution name, which also becomes every batch's ``request_id``; by
             default ``backfill-<source_id>-<UTC timestamp>-<4 hex>``.
         max_items_per_batch: Plan items per Lambda invocation; by default the stack's

@@ -1,6 +1,6 @@
 """Where bodies land: S3 (single PUT or multipart) or a local folder.
 
-Both writers keep one promise (DESIGN §7): an object exists under its key only
+Both writers keep one promise (CONTRACT §7): an object exists under its key only
 when it holds exactly the bytes received. Multipart uploads are completed only by
 the caller after every byte arrived and are aborted on any error or
 cancellation; local files are written to a temporary name and renamed.
@@ -13,7 +13,7 @@ request itself on endpoint rules and signing (docs/PERFORMANCE.md has the
 figures). Multipart uploads and HEADs stay on aioboto3.
 
 Every S3 call, on either path, goes through ``s3retry.current().call``: the
-patient retries of DESIGN §14 (botocore's own are off, so attempts are counted
+patient retries of CONTRACT §14 (botocore's own are off, so attempts are counted
 exactly); errors are translated to ``S3WriteError`` here, saying whether they
 may be retried and whether S3 was throttling.
 """

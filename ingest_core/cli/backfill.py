@@ -369,7 +369,7 @@ def _api_config(args: argparse.Namespace, dest: Dest) -> dict[str, Any]:
         "secret_headers": dict(args.secret_header or []),
         **request_config(args),
     }
-    # With pagination, the default key names the page (DESIGN §11).
+    # With pagination, the default key names the page (CONTRACT §11).
     default_key = PAGINATED_KEY_TEMPLATE if "pagination" in config else DEFAULT_KEY_TEMPLATE
     config["key_template"] = dest.prefix + _given(args.key_template, default_key)
     if args.records_path is not None:

@@ -286,12 +286,12 @@ def option_flag(name: str) -> str:
 
 
 def add_option_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``Options`` field (DESIGN §4), generated so none is ever missing.
+    """One flag per ``Options`` field (CONTRACT §4), generated so none is ever missing.
 
     Flags default to "not given", so only what the user typed lands in the event
     and ``Options`` supplies (and documents) every default.
     """
-    group = parser.add_argument_group("run options (DESIGN §4)")
+    group = parser.add_argument_group("run options (CONTRACT §4)")
     for name, info in Options.model_fields.items():
         if name == "pack":
             _add_pack_flags(parser)
@@ -348,7 +348,7 @@ PACK_FLAGS = {
 
 
 def _add_pack_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("packing (DESIGN §13; off unless --pack is given)")
+    group = parser.add_argument_group("packing (CONTRACT §13; off unless --pack is given)")
     group.add_argument(
         "--pack",
         dest="pack_unit",
@@ -636,7 +636,7 @@ def human_bytes(count: int) -> str:
 
 
 def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The summary table's rows from a result dict (DESIGN §6)."""
+    """The summary table's rows from a result dict (CONTRACT §6)."""
     duration_s = max(result["duration_ms"], 1) / 1000
     finished = result["succeeded"] + result["failed"]
     succeeded = f"{result['succeeded']:,}"

@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pack",
         choices=("response", "record"),
-        help="pack the days into one NDJSON object (DESIGN §13) instead of one object each",
+        help="pack the days into one NDJSON object (CONTRACT §13) instead of one object each",
     )
     add_progress_flag(parser)
 
@@ -104,7 +104,7 @@ def demo_event(endpoint: str, pack: str | None = None) -> dict[str, Any]:
 
 
 def paged_event(endpoint: str) -> dict[str, Any]:
-    """The demo's paginated source: a week, every day in pages (DESIGN §11)."""
+    """The demo's paginated source: a week, every day in pages (CONTRACT §11)."""
     return {
         "api_config": {
             "endpoint": endpoint,

@@ -5,7 +5,7 @@ imported lazily, as only they need boto3). This module first checks the files wi
 the Lambda's own validation (``parse_event``), so a bad ``api_config`` fails here
 rather than in ten thousand child executions, and turns the library's
 ``InvalidEventError`` fields into flag names. The execution name becomes every
-batch's ``request_id`` (DESIGN §3), so objects keep their keys across retries and
+batch's ``request_id`` (CONTRACT §3), so objects keep their keys across retries and
 redrives.
 """
 

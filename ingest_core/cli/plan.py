@@ -1,6 +1,6 @@
 """``fanout-ingest plan``: a date range as Distributed Map items, streamed.
 
-Each item is ``{"index": i, "params": {...}}`` (DESIGN §3): a global index, so a
+Each item is ``{"index": i, "params": {...}}`` (CONTRACT §3): a global index, so a
 batch's keys stay the same however Step Functions batches and retries it. The
 plan is written one item at a time as the range expands: a 100,000-item plan
 never exists as a list. ``--upload`` streams the same lazy items to S3 through

@@ -1,4 +1,4 @@
-"""Flags for the request shape (DESIGN §11, §12), shared by ``backfill`` and ``bench``.
+"""Flags for the request shape (CONTRACT §11, §12), shared by ``backfill`` and ``bench``.
 
 ``--pagination FILE|JSON`` gives the whole ``api_config.pagination`` object;
 ``--paginate TYPE`` with one flag per field builds it from flags (the two mix:
@@ -19,7 +19,7 @@ from ingest_core.cli.common import UsageError, key_value, load_json_object
 from ingest_core.pagination import PaginationType
 
 PAGINATION_TYPES: tuple[str, ...] = get_args(PaginationType)
-# Pagination field -> (flag, type, help); every field of DESIGN §11's table but type.
+# Pagination field -> (flag, type, help); every field of CONTRACT §11's table but type.
 PAGINATION_FIELD_FLAGS: dict[str, tuple[str, type, str]] = {
     "next_path": ("--next-path", str, "json_link: dotted path of the next URL in the body"),
     "cursor_path": ("--cursor-path", str, "cursor: dotted path of the next cursor in the body"),
@@ -54,7 +54,7 @@ OBJECT_FLAGS = frozenset({"--pagination", "--auth"})
 
 def add_request_flags(parser: argparse.ArgumentParser) -> None:
     """Pagination, method, params_in, secret params and auth flags."""
-    shape = parser.add_argument_group("request shape (DESIGN §12)")
+    shape = parser.add_argument_group("request shape (CONTRACT §12)")
     shape.add_argument("--method", choices=("GET", "POST"), help="HTTP method (default GET)")
     shape.add_argument(
         "--params-in",
@@ -75,7 +75,7 @@ def add_request_flags(parser: argparse.ArgumentParser) -> None:
         help='{"type": "oauth2_client_credentials", "token_url", "client_id": REF,'
         ' "client_secret": REF, "scope"} or {"type": "basic", "username": REF, "password": REF}',
     )
-    pages = parser.add_argument_group("pagination (DESIGN §11)")
+    pages = parser.add_argument_group("pagination (CONTRACT §11)")
     pages.add_argument("--pagination", metavar="FILE|JSON", help="the api_config.pagination object")
     pages.add_argument(
         "--paginate", metavar="TYPE", choices=PAGINATION_TYPES, help=" | ".join(PAGINATION_TYPES)

@@ -1,7 +1,7 @@
 """``fanout-ingest show MANIFEST --index N``: one item back out of the lake.
 
 The manifest line of item N names its object and, for a packed item, where its
-lines are (DESIGN §13). Only those bytes are read: a ranged GET of exactly the
+lines are (CONTRACT §13). Only those bytes are read: a ranged GET of exactly the
 item's bytes in an uncompressed pack, or from the restart point of its block in
 a gzip pack (at most about ``packing.FLUSH_EVERY`` uncompressed bytes before
 it). An unpacked item's object is read whole: it is the item.

@@ -1,4 +1,4 @@
-"""Packing (DESIGN §13): many pages become NDJSON lines in a few large objects.
+"""Packing (CONTRACT §13): many pages become NDJSON lines in a few large objects.
 
 ``units`` turns one page into lines (one class per ``unit``); ``packer`` stages an
 item's lines within the memory budget and streams them into rotating objects.

@@ -1,4 +1,4 @@
-"""Packing (DESIGN §13): many pages become NDJSON lines in a few large objects.
+"""Packing (CONTRACT §13): many pages become NDJSON lines in a few large objects.
 
 The engine hands each fetched page to ``Packer.stage`` (which reads the body
 within the memory budget and turns it into lines with the run's ``PackUnit``)

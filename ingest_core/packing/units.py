@@ -1,4 +1,4 @@
-"""Pack units (DESIGN §13): how one fetched page becomes NDJSON lines.
+"""Pack units (CONTRACT §13): how one fetched page becomes NDJSON lines.
 
 ``unit: response`` makes one line per page, ``unit: record`` one line per record;
 both sit behind the ``PackUnit`` protocol so the packer never branches on the unit.

@@ -1,4 +1,4 @@
-"""Incremental runs end to end (DESIGN §15): the Lambda handler, a local API, moto S3.
+"""Incremental runs end to end (CONTRACT §15): the Lambda handler, a local API, moto S3.
 
 Each run's API hits are counted per date, so "fetches nothing before the
 watermark" is checked against what the API actually saw.

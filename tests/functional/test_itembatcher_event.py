@@ -547,7 +547,7 @@ def test_each_batch_lands_at_plan_wide_keys_and_a_failed_item_fails_its_batch(
     assert len(set(manifests)) == len(backfill.batches)
 
     # AND a successful batch's Task output (after ResultSelector, ResultPath, OutputPath)
-    # is the handler's result, with every field of DESIGN §6, small enough for the Map
+    # is the handler's result, with every field of CONTRACT §6, small enough for the Map
     for invocation in (first, last):
         output = invocation.output
         assert output == invocation.result

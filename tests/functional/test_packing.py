@@ -1,4 +1,4 @@
-"""Packing (issue 10, DESIGN §13) against a local API and moto, over the network.
+"""Packing (issue 10, CONTRACT §13) against a local API and moto, over the network.
 
 Every test checks the account as well as the bytes: each succeeded item's lines are
 exactly where its manifest line says, in an object that exists; a failed item's

@@ -1,4 +1,4 @@
-"""Pagination end to end (DESIGN §11, §12): the handler, a paginated API on loopback, moto S3.
+"""Pagination end to end (CONTRACT §11, §12): the handler, a paginated API on loopback, moto S3.
 
 Every type against a real server; relative and absolute links; a loop; a next link
 to another origin (a canary socket that must see no connection); a fault mid-chain
@@ -163,7 +163,7 @@ def test_a_retryable_fault_mid_chain_is_retried_and_counted(s3: MotoS3, api_serv
     url = api_server(api.app).url
     result = run(url, "cursor", ["d"], options={"max_attempts": 3})
     assert result["status"] == "SUCCESS" and result["retries"] == 1
-    assert result["throttled"] == 1  # a 503 asks the client to slow down (DESIGN §14)
+    assert result["throttled"] == 1  # a 503 asks the client to slow down (CONTRACT §14)
     assert manifest(s3, result)[0]["attempts"] == 2
 
 

@@ -1,4 +1,4 @@
-"""secret_params and OAuth2 (DESIGN §12) end to end: the handler, moto SSM, a local token server.
+"""secret_params and OAuth2 (CONTRACT §12) end to end: the handler, moto SSM, a local token server.
 
 A secret query parameter must reach the API on every page and appear nowhere
 else: no log record at any level, no result, manifest, key, object or object

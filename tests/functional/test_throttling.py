@@ -1,4 +1,4 @@
-"""Throttling that adapts (DESIGN §14, issue 11), against real local servers.
+"""Throttling that adapts (CONTRACT §14, issue 11), against real local servers.
 
 S3 side: ``S3FaultProxy`` between the handler and moto answers a sustained share
 of PutObject, UploadPart and CompleteMultipartUpload calls with SlowDown or a

@@ -192,7 +192,7 @@ async def test_soak_20000_items_with_faults_loses_nothing_and_stays_flat(
             },
             "batch": [{"n": n} for n in range(ITEMS)],
             # adaptive off: these faults are per item, not a rate limit, and with the
-            # adaptive limit (DESIGN §14) each scripted 429 + Retry-After: 1 (200 of
+            # adaptive limit (CONTRACT §14) each scripted 429 + Retry-After: 1 (200 of
             # them) would pause the whole origin for a second: the soak would measure
             # 200 s of pauses, not loss and memory. tests/functional/test_throttling.py
             # covers the adaptive limit.

@@ -6,7 +6,7 @@ After every run, whatever went wrong:
 - every succeeded item's object holds exactly the bytes the API served;
 - nothing is stored under the key of an item that did not succeed;
 - no multipart upload is left incomplete;
-- every failure carries a kind from the closed set (DESIGN §6) and an error text;
+- every failure carries a kind from the closed set (CONTRACT §6) and an error text;
 - the result is JSON and under Step Functions' 256 KiB;
 - the handler returned before its deadline.
 """

@@ -1,4 +1,4 @@
-"""The adaptive per-origin limit (DESIGN §14) on a fake clock, and the S3 retry loop."""
+"""The adaptive per-origin limit (CONTRACT §14) on a fake clock, and the S3 retry loop."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Auth providers (DESIGN §12) without a network: the token endpoint is a fake.
+"""Auth providers (CONTRACT §12) without a network: the token endpoint is a fake.
 
 (aioresponses cannot build responses for the pinned aiohttp, so the provider's
 token call is injected instead; the functional tests use a real token server.)"""

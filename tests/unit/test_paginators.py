@@ -1,4 +1,4 @@
-"""Paginators (DESIGN §11) without a network: each type, the shared chain rules, the config."""
+"""Paginators (CONTRACT §11) without a network: each type, the shared chain rules, the config."""
 
 from __future__ import annotations
 

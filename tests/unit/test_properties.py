@@ -355,7 +355,7 @@ def test_the_counts_add_up_for_any_mix_of_outcomes(
     assert result["succeeded"] + result["failed"] + result["not_attempted"] == result["requested"]
     assert result["succeeded"] == counts[ItemStatus.WRITTEN] + counts[ItemStatus.SKIPPED]
     assert result["skipped_existing"] == counts[ItemStatus.SKIPPED]
-    # A write cut while S3 may have applied it counts as failed (DESIGN §6, issue 14).
+    # A write cut while S3 may have applied it counts as failed (CONTRACT §6, issue 14).
     assert result["failed"] == counts[ItemStatus.FAILED] + counts[ItemStatus.WRITE_UNKNOWN]
     assert result["write_unknown"] == counts[ItemStatus.WRITE_UNKNOWN]
     assert result["not_attempted"] == counts[ItemStatus.NOT_ATTEMPTED]

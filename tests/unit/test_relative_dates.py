@@ -1,4 +1,4 @@
-"""Relative date bounds and watermark arithmetic (DESIGN §15), around month and year ends."""
+"""Relative date bounds and watermark arithmetic (CONTRACT §15), around month and year ends."""
 
 from __future__ import annotations
 
