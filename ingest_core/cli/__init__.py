@@ -59,6 +59,7 @@ def build_parser(commands: dict[str, Command] | None = None) -> argparse.Argumen
         prog=PROG,
         description="Fetch many HTTP API requests concurrently and stream each body into"
         " S3 or a local folder, with exact per-request results.",
+        epilog="The event, options, keys, result, manifest and failure kinds: docs/CONTRACT.md.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

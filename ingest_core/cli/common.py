@@ -291,7 +291,7 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
     Flags default to "not given", so only what the user typed lands in the event
     and ``Options`` supplies (and documents) every default.
     """
-    group = parser.add_argument_group("run options (CONTRACT §4)")
+    group = parser.add_argument_group("run options (docs/CONTRACT.md §4)")
     for name, info in Options.model_fields.items():
         if name == "pack":
             _add_pack_flags(parser)
@@ -348,7 +348,7 @@ PACK_FLAGS = {
 
 
 def _add_pack_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("packing (CONTRACT §13; off unless --pack is given)")
+    group = parser.add_argument_group("packing (docs/CONTRACT.md §13; off unless --pack is given)")
     group.add_argument(
         "--pack",
         dest="pack_unit",

@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pack",
         choices=("response", "record"),
-        help="pack the days into one NDJSON object (CONTRACT §13) instead of one object each",
+        help="pack the days into one NDJSON object (docs/CONTRACT.md §13), not one object each",
     )
     add_progress_flag(parser)
 

@@ -54,7 +54,7 @@ OBJECT_FLAGS = frozenset({"--pagination", "--auth"})
 
 def add_request_flags(parser: argparse.ArgumentParser) -> None:
     """Pagination, method, params_in, secret params and auth flags."""
-    shape = parser.add_argument_group("request shape (CONTRACT §12)")
+    shape = parser.add_argument_group("request shape (docs/CONTRACT.md §12)")
     shape.add_argument("--method", choices=("GET", "POST"), help="HTTP method (default GET)")
     shape.add_argument(
         "--params-in",
@@ -75,7 +75,7 @@ def add_request_flags(parser: argparse.ArgumentParser) -> None:
         help='{"type": "oauth2_client_credentials", "token_url", "client_id": REF,'
         ' "client_secret": REF, "scope"} or {"type": "basic", "username": REF, "password": REF}',
     )
-    pages = parser.add_argument_group("pagination (CONTRACT §11)")
+    pages = parser.add_argument_group("pagination (docs/CONTRACT.md §11)")
     pages.add_argument("--pagination", metavar="FILE|JSON", help="the api_config.pagination object")
     pages.add_argument(
         "--paginate", metavar="TYPE", choices=PAGINATION_TYPES, help=" | ".join(PAGINATION_TYPES)
