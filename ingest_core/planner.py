@@ -274,7 +274,8 @@ def resolve_relative(text: str, *, step: str, now: datetime) -> str:
         The ISO date or date-time the bound stands for.
 
     Raises:
-        ValueError: a word that is not one of the relative forms.
+        ValueError: a word that is not one of the relative forms, or one that
+            reaches before the first representable date.
     """
     if not isinstance(text, str) or not text[:1].isalpha():
         return text
@@ -287,11 +288,15 @@ def resolve_relative(text: str, *, step: str, now: datetime) -> str:
     if unit not in allowed:
         raise ValueError(f"{text!r} is not {_RELATIVE_HINT}: days go with today, hours with now")
     now = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
-    if word == "now":
-        instant = now - timedelta(hours=back)
-    else:
-        days = back + (1 if word == "yesterday" else 0)
-        instant = now.replace(hour=0) - timedelta(days=days)
+    try:
+        if word == "now":
+            instant = now - timedelta(hours=back)
+        else:
+            days = back + (1 if word == "yesterday" else 0)
+            instant = now.replace(hour=0) - timedelta(days=days)
+    except OverflowError:
+        # today-999999d is before year 1: a usage error, not a traceback.
+        raise ValueError(f"{text!r} is out of range: it reaches before the year 1") from None
     hourly = _is_hourly(step)
     return instant.isoformat() if hourly else instant.date().isoformat()
 
