@@ -99,14 +99,29 @@ class StateStore(Protocol):
 
 
 def default_state_key(endpoint: str, param: str, step: str, extra_params: Mapping[str, Any]) -> str:
-    """The first 16 hex of the SHA-256 of what identifies a range's requests."""
+    """The first 16 hex of the SHA-256 of what identifies a range's requests.
+
+    ``extra_params`` values count as the text the API receives (``100`` and
+    ``"100"`` are one query): an event's typed JSON and the CLI's ``--query
+    limit=100`` strings find the same state object.
+    """
+    texts = {name: param_text(value) for name, value in extra_params.items()}
     canonical = json.dumps(
-        {"endpoint": endpoint, "param": param, "step": step, "extra_params": extra_params},
+        {"endpoint": endpoint, "param": param, "step": step, "extra_params": texts},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:STATE_KEY_HEX]
+
+
+def param_text(value: Any) -> str:
+    """A param value as a query string carries it: JSON booleans, lists comma-joined."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(param_text(item) for item in value)
+    return str(value)
 
 
 def state_object_key(source_id: str, state_key: str, prefix: str = "") -> str:
