@@ -9,17 +9,15 @@ Four shapes say what to fetch: ``query_params`` (the original single request),
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import count, islice
-from typing import Annotated, Any, Literal
+from itertools import count
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -41,19 +39,18 @@ from ingest_core.keys import (
 )
 from ingest_core.netguard import NetPolicy, check_bucket, check_url
 from ingest_core.pagination import PaginationConfig
-from ingest_core.planner import (
-    count_date_range,
-    expand_date_range,
-    parse_value,
-    resolve_relative,
-    value_at,
+from ingest_core.ranges import (
+    DateRange,
+    ParamsModel,
+    format_problems,
+    run_dependent_problems,
+    with_incremental_defaults,
 )
 
 MAX_DATE_RANGE_ITEMS = 1_000_000
 SOURCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=/-]{0,254}$")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:=+@-]{0,127}$")
 HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-STATE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SECRET_REF_RE = re.compile(r"^(secretsmanager:[^#\s]+(#[^#\s]+)?|ssm:/[^\s]+)$")
 PARAM_NAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,256}$")
 SOURCES = ("query_params", "batch", "date_range", "Items")
@@ -86,29 +83,6 @@ REFUSED_HEADERS = frozenset(
     }
 )
 REFUSED_HEADER_PREFIXES = ("proxy-",)
-
-
-def _check_param_value(value: Any) -> Any:
-    """Accept strings, finite numbers, booleans, or flat lists of those."""
-    if isinstance(value, list):
-        for element in value:
-            _check_scalar(element)
-        return value
-    return _check_scalar(value)
-
-
-def _check_scalar(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("numbers must be finite")
-    if value is None or not isinstance(value, str | int | float | bool):
-        raise ValueError(
-            f"must be a string, number, boolean or list of those, not {type(value).__name__}"
-        )
-    return value
-
-
-ParamValue = Annotated[Any, BeforeValidator(_check_param_value)]
-ParamsModel = dict[str, ParamValue]
 
 
 class ApiConfig(BaseModel):
@@ -244,61 +218,6 @@ class ApiConfig(BaseModel):
         return KeyTemplate.parse(self.key_template)
 
 
-class DateRange(BaseModel):
-    """``date_range``: one request per step, inclusive of both ends.
-
-    ``start`` and ``end`` may be relative (``today``, ``now-6h``, ...): they are
-    resolved here, against the clock reading in the validation context, so the
-    model only ever holds ISO text.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    # step before start and end: their validators read it (fields validate in order).
-    step: str = "1d"
-    start: str
-    end: str
-    param: str = "date"
-    format: str = "%Y-%m-%d"
-    extra_params: ParamsModel = Field(default_factory=dict)
-    incremental: bool = False
-    state_key: str | None = None
-
-    @field_validator("start", "end")
-    @classmethod
-    def _resolve_relative(cls, value: str, info: ValidationInfo) -> str:
-        now = (info.context or {}).get("now") or datetime.now(UTC)
-        return resolve_relative(value, step=info.data.get("step", "1d"), now=now)
-
-    @field_validator("state_key")
-    @classmethod
-    def _state_key_safe(cls, value: str | None) -> str | None:
-        if value is not None and not STATE_KEY_RE.match(value):
-            raise ValueError("must be 1-64 letters, digits and ._- starting with a letter or digit")
-        return value
-
-    def expand(self) -> Iterator[dict[str, Any]]:
-        """The params of every step, lazily."""
-        return expand_date_range(
-            self.start,
-            self.end,
-            param=self.param,
-            step=self.step,
-            fmt=self.format,
-            extra_params=self.extra_params,
-        )
-
-    def count(self) -> int:
-        """How many items the range expands to."""
-        return count_date_range(self.start, self.end, step=self.step)
-
-    def skipping(self, k: int) -> DateRange:
-        """The same range without its first ``k`` items (``0 < k < count()``)."""
-        return self.model_copy(
-            update={"start": value_at(self.start, self.end, step=self.step, k=k)}
-        )
-
-
 class MapItem(BaseModel):
     """One Distributed Map item: ``{"index": 17, "params": {...}}``."""
 
@@ -402,6 +321,7 @@ def parse_event(
     if not isinstance(event, dict):
         raise InvalidEventError([("event", f"must be a JSON object, not {type(event).__name__}")])
     flat, prefix = _flatten(event)
+    flat = with_incremental_defaults(flat)
     model = _validate(flat, prefix, policy or NetPolicy.from_env(), now or datetime.now(UTC))
     request_id = model.request_id or default_request_id
     packed = model.options.pack is not None
@@ -535,24 +455,17 @@ def _range_problems(model: Event) -> list[tuple[str, str]]:
     if total > MAX_DATE_RANGE_ITEMS:
         return [("date_range", f"expands to {total} items; at most {MAX_DATE_RANGE_ITEMS}")]
     if model.date_range.incremental:
-        return _incremental_problems(model.date_range)
+        return _incremental_problems(model)
     return []
 
 
-def _incremental_problems(date_range: DateRange) -> list[tuple[str, str]]:
-    # A watermark is stored as the range renders it and must be read back, in order.
-    firsts = [str(p[date_range.param]) for p in islice(date_range.expand(), 2)]
-    try:
-        values = [parse_value(text, date_range.format) for text in firsts]
-    except ValueError:
-        values = []
-    if not values or (len(values) == 2 and values[1] <= values[0]):
-        reason = (
-            "an incremental range needs a format its dates can be read back from, in order"
-            f" ({', '.join(map(repr, firsts))} cannot)"
-        )
-        return [("date_range.format", reason)]
-    return []
+def _incremental_problems(model: Event) -> list[tuple[str, str]]:
+    assert model.date_range is not None
+    problems = format_problems(model.date_range)
+    problems += run_dependent_problems("api_config.key_template", model.api_config.key_template)
+    if model.options.pack is not None:
+        problems += run_dependent_problems("options.pack.key_template", model.options.pack.template)
+    return problems
 
 
 def _build_job(model: Event, request_id: str) -> Job:

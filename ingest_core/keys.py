@@ -24,6 +24,9 @@ import orjson
 DEFAULT_KEY_TEMPLATE = "{source_id}/{request_id}-{index}.json"
 PAGINATED_KEY_TEMPLATE = "{source_id}/{request_id}-{index}-{page}.json"
 MAX_KEY_BYTES = 1024
+# An incremental range's default keys name the step, not the run (CONTRACT §15).
+INCREMENTAL_KEY_TEMPLATE = "{source_id}/{param.%s}.json"
+INCREMENTAL_PAGINATED_KEY_TEMPLATE = "{source_id}/{param.%s}-{page}.json"
 
 _FIXED_FIELDS = frozenset({"source_id", "request_id", "index", "page", "params_hash"})
 _UNIQUE_FIELDS = frozenset({"index", "params_hash"})
@@ -46,6 +49,18 @@ def manifest_key(
     """``{prefix}{source_id}/_manifests/{request_id}[-{first}-{last}].json``."""
     name = request_id if span is None else f"{request_id}-{span[0]}-{span[1]}"
     return f"{prefix}{source_id}/_manifests/{name}.json"
+
+
+def incremental_key_template(param: str, *, paged: bool = False) -> str:
+    """The default key of an incremental range: one object per step, named by it.
+
+    A param name a placeholder cannot carry (dots, brackets) names the step by
+    its params hash instead.
+    """
+    if not _PARAM_NAME_RE.fullmatch(param):
+        return "{source_id}/{params_hash}" + ("-{page}.json" if paged else ".json")
+    template = INCREMENTAL_PAGINATED_KEY_TEMPLATE if paged else INCREMENTAL_KEY_TEMPLATE
+    return template % param
 
 
 def params_hash(params: Mapping[str, Any]) -> str:
@@ -174,6 +189,14 @@ class KeyTemplate:
         parsed = cls(template, _parse_parts(template))
         parsed._check_literals()
         return parsed
+
+    @staticmethod
+    def field_names(template: str) -> frozenset[str]:
+        """The placeholder names of any key template; empty when it does not parse."""
+        try:
+            return frozenset(f for _, f, _, _ in string.Formatter().parse(template) if f)
+        except ValueError:
+            return frozenset()  # reported where the template is validated
 
     @property
     def uses_unique_field(self) -> bool:

@@ -51,7 +51,11 @@ from ingest_core.config import PACK_KEY_TEMPLATES
 from ingest_core.engine import RunOutcome
 from ingest_core.errors import InvalidEventError, SecretResolutionError
 from ingest_core.events import Job, parse_event
-from ingest_core.keys import DEFAULT_KEY_TEMPLATE, PAGINATED_KEY_TEMPLATE
+from ingest_core.keys import (
+    DEFAULT_KEY_TEMPLATE,
+    PAGINATED_KEY_TEMPLATE,
+    incremental_key_template,
+)
 from ingest_core.netguard import ENV_ALLOW_PRIVATE_NETWORKS, NetPolicy
 from ingest_core.results import ItemResult
 from ingest_core.settings import Settings
@@ -369,8 +373,12 @@ def _api_config(args: argparse.Namespace, dest: Dest) -> dict[str, Any]:
         "secret_headers": dict(args.secret_header or []),
         **request_config(args),
     }
-    # With pagination, the default key names the page (CONTRACT §11).
-    default_key = PAGINATED_KEY_TEMPLATE if "pagination" in config else DEFAULT_KEY_TEMPLATE
+    # With pagination, the default key names the page (CONTRACT §11); an incremental
+    # run's names the step, so a day fetched again overwrites itself (CONTRACT §15).
+    paged = "pagination" in config
+    default_key = PAGINATED_KEY_TEMPLATE if paged else DEFAULT_KEY_TEMPLATE
+    if args.incremental:
+        default_key = incremental_key_template(_given(args.param, DEFAULT_PARAM), paged=paged)
     config["key_template"] = dest.prefix + _given(args.key_template, default_key)
     if args.records_path is not None:
         config["records_path"] = args.records_path

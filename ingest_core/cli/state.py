@@ -19,8 +19,9 @@ from typing import Any
 from ingest_core.cli.backfill import DEFAULT_FORMAT, DEFAULT_PARAM, DEFAULT_STEP, parse_dest
 from ingest_core.cli.common import EXIT_OK, PROG, Command, CommandError, UsageError, key_value
 from ingest_core.errors import StateError
-from ingest_core.events import SOURCE_ID_RE, STATE_KEY_RE
+from ingest_core.events import SOURCE_ID_RE
 from ingest_core.planner import parse_value
+from ingest_core.ranges import STATE_KEY_RE
 from ingest_core.settings import Settings
 from ingest_core.state import (
     LocalStateStore,

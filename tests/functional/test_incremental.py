@@ -74,8 +74,9 @@ def test_a_failing_day_holds_the_watermark_until_it_recovers(s3: MotoS3, api_ser
     assert second["requested"] == 6 and second["status"] == "SUCCESS"
     assert second["incremental"]["first_date"] == jan(5)
     assert watermark_in(s3, server.url) == jan(10)
-    # AND keys carry the index each day has in the whole range
-    assert f"{SOURCE}/run-2-4.json" in s3.list_keys(RAW_BUCKET, prefix=f"{SOURCE}/run-2-")
+    # AND each day has one object, named by the day: a re-fetch overwrote it
+    days = [k for k in s3.list_keys(RAW_BUCKET, prefix=f"{SOURCE}/") if "/_" not in k]
+    assert days == [f"{SOURCE}/{jan(d)}.json" for d in range(1, 11)]
 
 
 def test_a_run_with_nothing_new_fetches_nothing_and_says_so(s3: MotoS3, api_server: Any) -> None:
@@ -230,3 +231,24 @@ def test_two_concurrent_runs_into_one_folder_keep_the_max_they_proved(
     state_file = tmp_path / state_key_for(server.url)
     assert json.loads(state_file.read_text())["watermark"] == jan(10)
     assert afters[-1] == jan(10)
+
+
+def day_keys(s3: MotoS3) -> list[str]:
+    """Every object under the source's prefix but the state and the manifests."""
+    return [k for k in s3.list_keys(RAW_BUCKET, prefix=f"{SOURCE}/") if "/_" not in k]
+
+
+def test_the_documented_schedule_event_never_writes_a_day_twice(
+    s3: MotoS3, api_server: Any
+) -> None:
+    # GIVEN the schedule's event as documented (no request_id, no key_template), Jan 3 failing
+    api = ScriptedAPI({jan(3): [Response(status=500), Response()]})
+    server = api_server(api)
+    event = incremental_event(server.url, jan(1), jan(5))
+    # WHEN two daily runs go, each with its own Lambda request id
+    first = lambda_handler(event, LocalContext(request_id="sched-1"))
+    second = lambda_handler(event, LocalContext(request_id="sched-2"))
+    # THEN every day exists exactly once under the source's prefix
+    assert (first["failed"], second["status"]) == (1, "SUCCESS")
+    assert day_keys(s3) == [f"{SOURCE}/{jan(d)}.json" for d in range(1, 6)]
+    assert watermark_in(s3, server.url) == jan(5)

@@ -6,6 +6,7 @@ are real local servers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -14,7 +15,10 @@ from typing import Any
 
 import pytest
 
+from ingest_core import parse_event
 from ingest_core.cli import backfill, main, plan
+from ingest_core.netguard import NetPolicy
+from ingest_core.runtime import execute
 from ingest_core.state import default_state_key
 from tests.conftest import RAW_BUCKET
 from tests.support.servers import MotoS3, Response, ScriptedAPI
@@ -80,9 +84,9 @@ def test_daily_incremental_backfill_over_a_month_end(
     assert main(args) == 0
     assert sum(api.hits.values()) == 8
     assert "nothing new: the watermark 2025-02-28" in capsys.readouterr().out
-    # AND the keys name the resolved dates, not the words
-    keys = {p.name for p in (tmp_path / "lake" / "weather").glob("*.json")}
-    assert "backfill-20250224-20250228-1d-4.json" in keys
+    # AND each day has one object, named by its date (not the run, not the words)
+    keys = sorted(p.name for p in (tmp_path / "lake" / "weather").glob("*.json"))
+    assert keys == [f"{feb(d)}.json" for d in range(24, 29)]
 
 
 def test_plan_resolves_relative_dates_across_a_year_end(
@@ -187,3 +191,45 @@ def test_incremental_backfill_to_s3_keeps_its_watermark_under_the_prefix(
     seen = api.hits
     assert main(args) == 0
     assert api.hits - seen == Counter({feb(28): 1})
+
+
+@pytest.mark.usefixtures("allow_private")
+def test_state_show_and_set_find_an_event_with_numeric_extra_params(
+    tmp_path: Path, api_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN an incremental event whose extra_params hold limit: 100 as a number
+    server = api_server(ScriptedAPI())
+    endpoint = f"{server.url}/v1/data"
+    body = {
+        "api_config": {"endpoint": endpoint, "raw_bucket": RAW_BUCKET, "source_id": "weather"},
+        "date_range": {
+            "start": feb(1),
+            "end": feb(3),
+            "incremental": True,
+            "extra_params": {"limit": 100},
+        },
+    }
+    job = parse_event(
+        body, default_request_id="ev-1", policy=NetPolicy(allow_private_networks=True)
+    )
+    assert asyncio.run(execute(job, local_dir=tmp_path)).result["status"] == "SUCCESS"
+    # WHEN the CLI looks for it with --query limit=100 (a string)
+    where = ["--dest", str(tmp_path), "--source-id", "weather", "--endpoint", endpoint]
+    where += ["--query", "limit=100"]
+    assert main(["state", "show", *where]) == 0
+    # THEN it finds the event's state object, and 'set' replaces that same object
+    assert json.loads(capsys.readouterr().out)["watermark"] == feb(3)
+    assert main(["state", "set", feb(2), *where]) == 0
+    assert len(list((tmp_path / "weather" / "_state").glob("*.json"))) == 1
+
+
+@pytest.mark.parametrize("command", ["backfill", "plan"])
+def test_a_relative_date_out_of_range_is_bad_usage_naming_the_flag(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [command, "--start", "today-999999d", "--end", "today"]
+    if command == "backfill":
+        args += ["--endpoint", "https://api.example.com/v1/data", "--source-id", "s"]
+        args += ["--dest", str(tmp_path), "--incremental"]
+    assert main(args) == 2
+    assert "--start: 'today-999999d' is out of range" in capsys.readouterr().err

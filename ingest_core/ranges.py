@@ -1,0 +1,166 @@
+"""``date_range`` (CONTRACT §3) and what an incremental range requires (CONTRACT §15).
+
+A range's ``start`` and ``end`` may be relative (``today``, ``now-6h``): they are
+resolved when the event is parsed. An incremental range is one run of a schedule,
+so its keys must not depend on the run: a step fetched again by a later run then
+overwrites its object instead of landing beside it. ``{request_id}`` (each run's
+own) and ``{index}`` (which moves with the first step a run fetches) are refused
+in its key templates, and its default keys name the step
+(``{source_id}/{param.date}.json``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+
+from ingest_core.keys import KeyTemplate, incremental_key_template
+from ingest_core.planner import (
+    count_date_range,
+    expand_date_range,
+    parse_value,
+    resolve_relative,
+    value_at,
+)
+
+STATE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Placeholders whose value changes from one run to the next (CONTRACT §15).
+RUN_DEPENDENT_FIELDS = {
+    "request_id": "each run has its own request id",
+    "index": "a step's index moves with the first step a run fetches",
+    "first_index": "a step's index moves with the first step a run fetches",
+}
+
+
+def _check_param_value(value: Any) -> Any:
+    """Accept strings, finite numbers, booleans, or flat lists of those."""
+    if isinstance(value, list):
+        for element in value:
+            _check_scalar(element)
+        return value
+    return _check_scalar(value)
+
+
+def _check_scalar(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite")
+    if value is None or not isinstance(value, str | int | float | bool):
+        raise ValueError(
+            f"must be a string, number, boolean or list of those, not {type(value).__name__}"
+        )
+    return value
+
+
+ParamValue = Annotated[Any, BeforeValidator(_check_param_value)]
+ParamsModel = dict[str, ParamValue]
+
+
+class DateRange(BaseModel):
+    """``date_range``: one request per step, inclusive of both ends.
+
+    ``start`` and ``end`` may be relative (``today``, ``now-6h``, ...): they are
+    resolved here, against the clock reading in the validation context, so the
+    model only ever holds ISO text.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # step before start and end: their validators read it (fields validate in order).
+    step: str = "1d"
+    start: str
+    end: str
+    param: str = "date"
+    format: str = "%Y-%m-%d"
+    extra_params: ParamsModel = Field(default_factory=dict)
+    incremental: bool = False
+    state_key: str | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _resolve_relative(cls, value: str, info: ValidationInfo) -> str:
+        now = (info.context or {}).get("now") or datetime.now(UTC)
+        return resolve_relative(value, step=info.data.get("step", "1d"), now=now)
+
+    @field_validator("state_key")
+    @classmethod
+    def _state_key_safe(cls, value: str | None) -> str | None:
+        if value is not None and not STATE_KEY_RE.match(value):
+            raise ValueError("must be 1-64 letters, digits and ._- starting with a letter or digit")
+        return value
+
+    def expand(self) -> Iterator[dict[str, Any]]:
+        """The params of every step, lazily."""
+        return expand_date_range(
+            self.start,
+            self.end,
+            param=self.param,
+            step=self.step,
+            fmt=self.format,
+            extra_params=self.extra_params,
+        )
+
+    def count(self) -> int:
+        """How many items the range expands to."""
+        return count_date_range(self.start, self.end, step=self.step)
+
+    def skipping(self, k: int) -> DateRange:
+        """The same range without its first ``k`` items (``0 < k < count()``)."""
+        return self.model_copy(
+            update={"start": value_at(self.start, self.end, step=self.step, k=k)}
+        )
+
+
+def format_problems(date_range: DateRange) -> list[tuple[str, str]]:
+    """An incremental range's format must read its dates back, in order."""
+    # A watermark is stored as the range renders it and must be read back, in order.
+    firsts = [str(p[date_range.param]) for p in islice(date_range.expand(), 2)]
+    try:
+        values = [parse_value(text, date_range.format) for text in firsts]
+    except ValueError:
+        values = []
+    if not values or (len(values) == 2 and values[1] <= values[0]):
+        reason = (
+            "an incremental range needs a format its dates can be read back from, in order"
+            f" ({', '.join(map(repr, firsts))} cannot)"
+        )
+        return [("date_range.format", reason)]
+    return []
+
+
+def with_incremental_defaults(flat: dict[str, Any]) -> dict[str, Any]:
+    """The event with an incremental range's default key template filled in.
+
+    Done on the raw event, before validation, because the default depends on
+    two sections (``date_range.param`` and ``api_config.pagination``).
+    """
+    date_range, api = flat.get("date_range"), flat.get("api_config")
+    if not isinstance(date_range, dict) or date_range.get("incremental") is not True:
+        return flat
+    if not isinstance(api, dict) or "key_template" in api:
+        return flat
+    param = date_range.get("param", "date")
+    template = incremental_key_template(
+        param if isinstance(param, str) else "date", paged=bool(api.get("pagination"))
+    )
+    return {**flat, "api_config": {**api, "key_template": template}}
+
+
+def run_dependent_problems(field: str, template: str) -> list[tuple[str, str]]:
+    """``template`` (an item or pack key template) may not name the run."""
+    names = KeyTemplate.field_names(template)
+    return [
+        (
+            field,
+            f"{{{name}}} is refused in an incremental range: {why}, so a step fetched"
+            " again would land twice; name the step instead, e.g."
+            " {source_id}/{param.date}.json (the default)",
+        )
+        for name, why in RUN_DEPENDENT_FIELDS.items()
+        if name in names
+    ]
