@@ -11,7 +11,7 @@ the same memory budget through the writer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from ingest_core.errors import FetchError
@@ -121,7 +121,7 @@ async def _walk(
 
 
 async def _parallel(
-    rest: list[PageRequest], fetch: FetchPage, slots: asyncio.Semaphore, out: ChainOutcome
+    rest: Sequence[PageRequest], fetch: FetchPage, slots: asyncio.Semaphore, out: ChainOutcome
 ) -> None:
     """Pages 1..n at once (each under a slot); the first failure cancels the others."""
 

@@ -20,11 +20,10 @@ from the config; the engine calls the chain and never branches on the type.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 from yarl import URL
@@ -157,12 +156,39 @@ class Paginator(Protocol):
         """The request after ``page``, or None when the chain ends there."""
         ...
 
-    def remaining(self, first: PageView) -> list[PageRequest] | None:
+    def remaining(self, first: PageView) -> PlannedPages | None:
         """Every request after page 0 when the first page reveals them (parallel pages).
 
         None when they are not known up front; the chain then goes page by page.
         """
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPages(Sequence[PageRequest]):
+    """Pages 1..``length`` of a chain whose total is known, each request built when read.
+
+    A total is whatever the API says (``total_pages: 1000000000``): building every
+    request up front cost gigabytes before ``max_pages`` was even checked, so the
+    chain checks ``len()`` first and requests are made one at a time as they are sent.
+    """
+
+    length: int  # not ``count``: Sequence.count is a method
+    build: Callable[[int], PageRequest]  # page number (1-based here) -> its request
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, at: int) -> PageRequest: ...
+    @overload
+    def __getitem__(self, at: slice) -> Sequence[PageRequest]: ...
+    def __getitem__(self, at: int | slice) -> PageRequest | Sequence[PageRequest]:
+        if isinstance(at, slice):
+            return [self[i] for i in range(*at.indices(self.length))]
+        if not -self.length <= at < self.length:
+            raise IndexError(at)
+        return self.build(1 + at % self.length)
 
 
 # --------------------------------------------------------------------- helpers
@@ -216,14 +242,32 @@ def _token_text(value: Any, what: str, page: PageView) -> str | None:
     return str(value)
 
 
+# More digits than any real total; also keeps int() far from its 4,300-digit limit.
+MAX_TOTAL_DIGITS = 18
+
+
 def _as_count(value: Any, what: str) -> int | None:
+    """A total as a whole number: JSON integers, or ASCII digits in a string or header.
+
+    ``str.isdigit`` accepts "²" and "٣", which ``int`` then refuses or reads as 3:
+    only 0-9 count here.
+    """
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, str):
+        text = value.strip(" \t")
+        if text.isascii() and text.isdigit():
+            value = int(text) if len(text.lstrip("0")) <= MAX_TOTAL_DIGITS else -1
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**MAX_TOTAL_DIGITS:
         return value
-    raise PaginationError(f"{what} is not a whole number >= 0")
+    raise PaginationError(
+        f"{what} is not a whole number >= 0 of at most {MAX_TOTAL_DIGITS} ASCII digits"
+    )
+
+
+def _pages_for(total: int, per_page: int) -> int:
+    """ceil(total / per_page) in integers: a float would round or overflow on big totals."""
+    return -(-total // per_page)
 
 
 # A link, then its parameters; quoted values may hold ';' and ','.
@@ -243,6 +287,9 @@ def next_link(header: str | None) -> str | None:
     return None
 
 
+_WEB_SCHEMES = frozenset({"http", "https"})
+
+
 def _link_request(page: PageView, link: str | None) -> PageRequest | None:
     if link is None:
         return None
@@ -250,6 +297,12 @@ def _link_request(page: PageView, link: str | None) -> PageRequest | None:
         target = page.url.join(URL(link))
     except (ValueError, TypeError):
         raise BlockedError(f"next link on page {page.number} could not be parsed") from None
+    if target.scheme not in _WEB_SCHEMES or not target.host:
+        # mailto:, file:, data:, javascript: ... have no origin to compare: refuse by name.
+        shown = f"{target.scheme}:" if target.scheme else "a link without a scheme"
+        raise BlockedError(
+            f"next link on page {page.number} is not http(s) ({shown}); nothing was sent there"
+        )
     return PageRequest(url=target, token=f"url:{target}")
 
 
@@ -266,7 +319,7 @@ class LinkHeaderPaginator:
     def next(self, page: PageView) -> PageRequest | None:
         return _link_request(page, next_link(page.headers.get("Link")))
 
-    def remaining(self, first: PageView) -> list[PageRequest] | None:
+    def remaining(self, first: PageView) -> PlannedPages | None:
         return None
 
 
@@ -283,7 +336,7 @@ class JsonLinkPaginator:
         link = _token_text(_parsed(page, "next_path", self.next_path), "next link", page)
         return _link_request(page, link)
 
-    def remaining(self, first: PageView) -> list[PageRequest] | None:
+    def remaining(self, first: PageView) -> PlannedPages | None:
         return None
 
 
@@ -301,7 +354,7 @@ class CursorPaginator:
         raw = _parsed(page, "cursor_path", self.cursor_path)
         return _cursor_request(self.cursor_param, _token_text(raw, "cursor", page))
 
-    def remaining(self, first: PageView) -> list[PageRequest] | None:
+    def remaining(self, first: PageView) -> PlannedPages | None:
         return None
 
 
@@ -319,7 +372,7 @@ class HeaderCursorPaginator:
         raw = page.headers.get(self.cursor_header)
         return _cursor_request(self.cursor_param, _token_text(raw, "cursor", page))
 
-    def remaining(self, first: PageView) -> list[PageRequest] | None:
+    def remaining(self, first: PageView) -> PlannedPages | None:
         return None
 
 
@@ -374,13 +427,13 @@ class OffsetPaginator:
             return None
         return self._at(page.number + 1)
 
-    def remaining(self, first: PageView) -> list[PageRequest] | None:
+    def remaining(self, first: PageView) -> PlannedPages | None:
         total = self.totals.records(first)
         if total is None:
             return None
         if first.records is not None and first.records < self.limit:
-            return []
-        return [self._at(n) for n in range(1, math.ceil(total / self.limit))]
+            return PlannedPages(0, self._at)
+        return PlannedPages(max(0, _pages_for(total, self.limit) - 1), self._at)
 
     def _at(self, number: int) -> PageRequest:
         return PageRequest(
@@ -408,12 +461,12 @@ class PageNumberPaginator:
             return None
         return self._at(page.number + 1)
 
-    def remaining(self, first: PageView) -> list[PageRequest] | None:
+    def remaining(self, first: PageView) -> PlannedPages | None:
         self.page_size = first.records
         pages = self._total_pages(first)
         if pages is None:
             return None
-        return [self._at(n) for n in range(1, pages)]
+        return PlannedPages(max(0, pages - 1), self._at)
 
     def _total_pages(self, page: PageView) -> int | None:
         pages = self.totals.pages(page)
@@ -422,7 +475,7 @@ class PageNumberPaginator:
         total = self.totals.records(page)
         if total is None or not self.page_size:
             return None
-        return math.ceil(total / self.page_size)
+        return _pages_for(total, self.page_size)
 
     def _at(self, number: int) -> PageRequest:
         return PageRequest(params=((self.page_param, self.start_page + number),))
@@ -492,8 +545,11 @@ class Chain:
             raise PaginationError(f"more than max_pages ({self.max_pages}) pages")
         return self._checked(request)
 
-    def fan_out(self, first: PageView) -> list[PageRequest] | None:
-        """With ``parallel``, every request after page 0 when the total is known."""
+    def fan_out(self, first: PageView) -> PlannedPages | None:
+        """With ``parallel``, every request after page 0 when the total is known.
+
+        Checked against ``max_pages`` before a single request is built.
+        """
         if not self.parallel or first.records == 0:
             return None
         rest = self.paginator.remaining(first)
@@ -506,7 +562,7 @@ class Chain:
     def _checked(self, request: PageRequest) -> PageRequest:
         if request.url is None:
             return request
-        if request.url.origin() != self.origin:
+        if not request.url.absolute or request.url.origin() != self.origin:
             raise BlockedError(
                 "next link leads to another origin"
                 f" ({request.url.scheme}://{request.url.host}:{request.url.port});"

@@ -135,6 +135,63 @@ def test_a_next_link_to_another_origin_is_blocked_and_never_contacted(
     assert canary.connections() == 0
 
 
+@pytest.mark.parametrize(
+    "link", ["mailto:ops@example.com", "file:///etc/passwd", "data:application/json,%7B%7D"]
+)
+def test_a_next_link_that_is_not_http_fails_blocked_with_page_0_listed(
+    s3: MotoS3, api_server: Any, link: str
+) -> None:
+    # GIVEN an API whose first page links "next" to a URL that is not http(s)
+    api = PagedAPI(away_origin=link)
+    url = api_server(api.app).url
+    # WHEN the chain reaches it
+    result = run(url, "away", ["d"], request_id="scheme", pagination={"type": "link_header"})
+    # THEN the item fails as blocked, by name, not as a connection error with a traceback
+    (failure,) = result["failures"]
+    assert failure["kind"] == "blocked" and "not http(s)" in failure["error"], failure
+    assert "Traceback" not in failure["error"]
+    # AND page 0, which is in S3, is in the item's manifest line
+    (line,) = manifest(s3, result)
+    assert line["keys"] == [f"{SOURCE}/scheme-0-0.json"] and line["pages"] == 1
+    assert s3.list_keys(RAW_BUCKET, f"{SOURCE}/scheme-0-") == [f"{SOURCE}/scheme-0-0.json"]
+
+
+@pytest.mark.parametrize("total", ["\u00b2", "\u0663", "9" * 5000])
+def test_a_total_that_is_not_ascii_digits_fails_as_pagination_with_page_0_listed(
+    s3: MotoS3, api_server: Any, total: str
+) -> None:
+    # GIVEN an API announcing a total of "²" (or an Arabic-Indic 3, or 5,000 digits)
+    api = PagedAPI(announced_total=total)
+    url = api_server(api.app).url
+    # WHEN the offset chain reads the total header
+    result = run(url, "offset", ["d"], request_id="total")
+    # THEN the item fails with kind pagination naming the header; page 0 is listed
+    (failure,) = result["failures"]
+    assert failure["kind"] == "pagination" and "X-Total-Count" in failure["error"], failure
+    (line,) = manifest(s3, result)
+    assert line["keys"] == [f"{SOURCE}/total-0-0.json"]
+    assert api.hits("/offset") == 1
+
+
+@pytest.mark.parametrize("pack", [None, {"unit": "record"}])
+def test_a_billion_page_total_fails_max_pages_before_building_a_request(
+    s3: MotoS3, api_server: Any, pack: dict[str, str] | None
+) -> None:
+    # GIVEN an API whose first page announces total_pages 1,000,000,000 (max_pages 1000)
+    api = PagedAPI(announced_pages=10**9)
+    url = api_server(api.app).url
+    # WHEN fetched with parallel pages (the default)
+    options = {"pack": pack} if pack else {}
+    result = run(url, "pages", ["d"], request_id="huge", options=options)
+    # THEN the item fails with kind pagination at once: no 1e9 requests built (gigabytes)
+    (failure,) = result["failures"]
+    assert failure["kind"] == "pagination", failure
+    assert "announces 1000000000 pages, more than max_pages (1000)" in failure["error"]
+    assert api.hits("/pages") == 1
+    if pack is None:  # AND page 0, which is in S3, is listed
+        assert manifest(s3, result)[0]["keys"] == [f"{SOURCE}/huge-0-0.json"]
+
+
 def test_a_fault_mid_chain_fails_the_item_and_a_redrive_restarts_onto_the_same_keys(
     s3: MotoS3, api_server: Any
 ) -> None:

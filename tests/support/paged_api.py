@@ -49,7 +49,8 @@ class PagedAPI:
     total: int = DEFAULT_TOTAL
     page_size: int = DEFAULT_PAGE_SIZE
     totals: dict[str, int] = field(default_factory=dict)  # per date, overriding ``total``
-    announced_total: int | None = None  # what /offset and /pages claim, when it lies
+    announced_total: int | str | None = None  # what /offset and /pages claim, when it lies
+    announced_pages: int | None = None  # the total_pages /pages claims, when it lies
     absolute_links: bool = False
     away_origin: str = "http://127.0.0.1:9"
     latency_s: float = 0.0
@@ -164,7 +165,9 @@ class PagedAPI:
         self, _q: web.Request, _p: Any, page: list[Any], _a: int, _m: bool, records: list[Any]
     ) -> web.Response:
         total = len(records) if self.announced_total is None else self.announced_total
-        pages = math.ceil(total / self.page_size)
+        pages = self.announced_pages
+        if pages is None:
+            pages = math.ceil(int(total) / self.page_size)
         return web.json_response({"items": page, "total_pages": pages, "total": total})
 
     def _loop(

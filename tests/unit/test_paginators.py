@@ -206,6 +206,119 @@ def test_a_total_that_is_not_a_number_fails_clearly() -> None:
         c.fan_out(view(0, value={"total": "lots"}, records=100))
 
 
+# ------------------------------------------------ hostile totals and links (issue 17)
+
+
+class _CountingBuilds:
+    """Counts the requests a paginator class builds; refuses more than ``allowed``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, paginator: Any, allowed: int) -> None:
+        self.built, self.allowed = 0, allowed
+        build = type(paginator)._at
+
+        def counted(this: Any, number: int) -> PageRequest:
+            self.built += 1
+            assert self.built <= self.allowed, f"built {self.built} requests (max {allowed})"
+            return build(this, number)  # type: ignore[no-any-return]
+
+        monkeypatch.setattr(type(paginator), "_at", counted)
+
+
+@pytest.mark.parametrize(
+    ("config", "first"),
+    [
+        ({"type": "page_number", "total_pages_path": "pages"}, view(0, value={"pages": 10**9})),
+        (
+            {"type": "offset", "limit": 1, "total_header": "X-Total-Count"},
+            view(0, records=1, headers={"X-Total-Count": str(10**9)}),
+        ),
+    ],
+)
+def test_a_huge_total_fails_max_pages_before_any_page_request_is_built(
+    config: dict[str, Any], first: PageView, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a chain whose first page announces a billion pages (max_pages 1000)
+    c = chain(**config)
+    builds = _CountingBuilds(monkeypatch, c.paginator, allowed=1000)
+    # WHEN it fans out
+    with pytest.raises(PaginationError, match=r"more than max_pages \(1000\)"):
+        c.fan_out(first)
+    # THEN not one request was built to find that out
+    assert builds.built == 0
+
+
+def test_parallel_pages_are_built_one_at_a_time_as_they_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    c = chain(type="page_number", total_pages_path="pages", max_pages=5)
+    builds = _CountingBuilds(monkeypatch, c.paginator, allowed=4)
+    rest = c.fan_out(view(0, value={"pages": 5}, records=3))
+    assert rest is not None and len(rest) == 4 and builds.built == 0
+    assert rest[0].params == (("page", 2),) and rest[-1].params == (("page", 5),)
+    assert [r.params for r in rest[1:3]] == [(("page", 3),), (("page", 4),)]
+    with pytest.raises(IndexError):
+        rest[4]
+
+
+@pytest.mark.parametrize(
+    "total",
+    [
+        "\u00b2",  # superscript two: str.isdigit() says yes, int() says no
+        "\u0663",  # Arabic-Indic three: int() reads it as 3
+        "1" * 400,  # a float division of it overflows
+        "9" * 5000,  # beyond int()'s digit limit
+        "-5",
+        "2.5",
+        "0x10",
+    ],
+)
+def test_a_total_is_ascii_digits_or_a_pagination_failure(total: str) -> None:
+    # GIVEN a total header that is not plain ASCII digits (or absurdly long)
+    for config in (
+        {"type": "offset", "limit": 10, "total_header": "X-Total-Count"},
+        {"type": "page_number", "total_header": "X-Total-Count"},
+    ):
+        c = chain(**config)
+        first = view(0, records=10, headers={"X-Total-Count": total})
+        # WHEN the chain reads it, in parallel or page by page
+        # THEN it fails with kind pagination, naming the header
+        with pytest.raises(PaginationError, match="X-Total-Count is not a whole number"):
+            c.fan_out(first)
+        with pytest.raises(PaginationError, match="X-Total-Count is not a whole number"):
+            c.after(first)
+
+
+def test_a_total_of_ascii_digits_with_blanks_is_read() -> None:
+    c = chain(type="offset", limit=10, total_header="X-Total-Count")
+    rest = c.fan_out(view(0, records=10, headers={"X-Total-Count": " 0035 "}))
+    assert rest is not None and [r.params[0] for r in rest] == [
+        ("offset", 10),
+        ("offset", 20),
+        ("offset", 30),
+    ]
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "mailto:ops@example.com",
+        "file:///etc/passwd",
+        "data:application/json,%7B%7D",
+        "javascript:alert(1)",
+        "http:///no-host",
+    ],
+)
+def test_a_next_link_that_is_not_http_is_blocked_by_name(link: str) -> None:
+    # GIVEN a page whose next link (header or body) is not an http(s) URL
+    by_header = chain(type="link_header")
+    by_body = chain(type="json_link", next_path="next")
+    # WHEN the chain reads it THEN it is refused as blocked, naming the scheme
+    with pytest.raises(BlockedError, match=r"not http\(s\)"):
+        by_header.after(view(0, headers={"Link": f'<{link}>; rel="next"'}))
+    with pytest.raises(BlockedError, match=r"not http\(s\)"):
+        by_body.after(view(0, value={"next": link}, records=1))
+
+
 # --------------------------------------------------------------- configuration
 
 API = {"endpoint": ENDPOINT, "raw_bucket": "raw-bucket", "source_id": "src"}
