@@ -38,9 +38,10 @@ demo: $(CLI_STAMP)
 test: $(STAMP) tools/asl/node_modules/.installed
 	$(BIN)/pytest -q
 
-## soak: 20,000 items with injected faults (also run by .ci/run)
+## soak: 20,000 items with injected faults, and the generative pipeline test at
+## FANOUT_PROPERTY_EXAMPLES examples (default 400; the long run sets 2000) (also run by .ci/run)
 soak: $(STAMP)
-	$(BIN)/pytest -q -m soak tests/soak
+	$(BIN)/pytest -q -m soak tests/soak tests/property
 
 ## bench: the benchmark suite; results and plots in benchmarks/results/ (~15 min at most)
 bench: $(BENCH_STAMP)

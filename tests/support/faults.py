@@ -360,6 +360,8 @@ ERROR_FAULTS: Mapping[str, tuple[int, bytes]] = {
     "slowdown": _s3_error(503, "SlowDown", "Please reduce your request rate."),
     "internal_error": _s3_error(500, "InternalError", "We encountered an internal error."),
     "expired_token": _s3_error(400, "ExpiredToken", "The provided token has expired."),
+    # A permission refused: not retried, so the write fails for good.
+    "access_denied": _s3_error(403, "AccessDenied", "Access Denied"),
     # S3 can fail CompleteMultipartUpload (and copies) after a 200 status line;
     # botocore must read the body and treat it as an error.
     "error_in_200": _s3_error(200, "InternalError", "We encountered an internal error."),
@@ -468,7 +470,8 @@ class S3FaultProxy:
     way. Faults:
 
     - ``slowdown``: 503 SlowDown; ``internal_error``: 500 InternalError;
-      ``expired_token``: 400 ExpiredToken. Not forwarded.
+      ``expired_token``: 400 ExpiredToken; ``access_denied``: 403 AccessDenied. Not
+      forwarded.
     - ``error_in_200``: 200 whose body is an ``<Error>`` (InternalError). Not forwarded,
       so a CompleteMultipartUpload hit this way leaves the upload incomplete.
     - ``drop_connection``: reads the request, then closes without answering. Not

@@ -15,6 +15,12 @@ Routes (all GET unless said):
 - ``/search`` (POST): the JSON body holds ``date`` and ``cursor``
 - ``/loop``: a cursor that always points back to the same page
 - ``/away``: a next link to ``away_origin`` (another origin)
+
+For generative tests (tests/property): ``item_faults`` scripts faults per item and
+page, any ``servers.Response`` included (a reset, a short body, a 429 with
+``Retry-After``); ``away_after`` makes one item's next link leave the origin after a
+given record; ``pad`` widens every record; ``served`` keeps the exact bytes of every
+200 page, the reference a stored object is compared with; ``reset`` starts over.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ import asyncio
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from aiohttp import web
+
+from tests.support.servers import Response, send_faulty
 
 DEFAULT_TOTAL = 25
 DEFAULT_PAGE_SIZE = 10
@@ -61,6 +69,27 @@ class PagedAPI:
     bearer: Callable[[], str | None] | None = None  # when set, the valid Bearer token
     in_flight: int = 0
     max_in_flight: int = 0
+    # (path, date, start record) -> what to answer, one per hit, before serving normally:
+    # an HTTP status, or a Response (its status, headers and faults; a 2xx one sends
+    # the page's own body, cut or short as it says).
+    item_faults: dict[tuple[str, str, int], list[int | Response]] = field(default_factory=dict)
+    away_after: dict[str, int] = field(default_factory=dict)  # date -> record; link leaves
+    pad: int = 0  # characters of padding in every record (bigger pages)
+    # (path, date, start record) -> the bytes of the last 200 answer for that page
+    served: dict[tuple[str, str, int], bytes] = field(default_factory=dict)
+
+    def reset(self, **changes: Any) -> None:
+        """Back to the defaults (logs and faults cleared), then apply ``changes``.
+
+        The running app keeps serving: routes call this object's methods, so a
+        server started once serves every example of a generative test.
+        """
+        for spec in fields(self):
+            if spec.name not in changes:
+                default = spec.default_factory() if callable(spec.default_factory) else spec.default
+                setattr(self, spec.name, default)
+        for name, value in changes.items():
+            setattr(self, name, value)
 
     @property
     def app(self) -> web.Application:
@@ -74,7 +103,10 @@ class PagedAPI:
         return sum(1 for s in self.seen if s.path == path)
 
     def records_of(self, date: str) -> list[dict[str, Any]]:
-        return [{"date": date, "n": i} for i in range(self.totals.get(date, self.total))]
+        total = self.totals.get(date, self.total)
+        if self.pad:
+            return [{"date": date, "n": i, "pad": "x" * self.pad} for i in range(total)]
+        return [{"date": date, "n": i} for i in range(total)]
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json() if request.method == "POST" else None
@@ -96,11 +128,26 @@ class PagedAPI:
         pending = self.faults.get((request.path, start))
         if pending:
             return web.Response(status=pending.pop(0), text="fault")
-        records = self.records_of(str(params.get("date", "")))
+        date = str(params.get("date", ""))
+        records = self.records_of(date)
         size = int(params.get("limit", self.page_size)) if route == "offset" else self.page_size
         page = records[start : start + size]
         more = start + size < len(records)
-        return getattr(self, f"_{route}")(request, params, page, start + size, more, records)
+        answer = getattr(self, f"_{route}")(request, params, page, start + size, more, records)
+        scripted = self.item_faults.get((request.path, date, start))
+        if scripted:
+            return await self._fault(request, scripted.pop(0), answer)
+        if answer.status == 200 and isinstance(answer.body, bytes):
+            self.served[(request.path, date, start)] = answer.body
+        return answer
+
+    async def _fault(
+        self, request: web.Request, fault: int | Response, page: web.Response
+    ) -> web.StreamResponse:
+        if isinstance(fault, int):
+            return web.Response(status=fault, text="fault")
+        body = page.body if 200 <= fault.status < 300 and isinstance(page.body, bytes) else b"{}"
+        return await send_faulty(request, fault, body)
 
     def _refused(self, params: dict[str, Any], authorization: str | None) -> web.Response | None:
         if self.api_key is not None and params.get("api_key") != self.api_key:
@@ -119,7 +166,10 @@ class PagedAPI:
         return int(params.get("after", params.get("cursor", 0)))
 
     def _next_link(self, request: web.Request, after: int) -> str:
-        query = f"date={request.query.get('date', '')}&after={after}"
+        date = request.query.get("date", "")
+        if self.away_after.get(date) == after:
+            return f"{self.away_origin}/steal?date={date}&after={after}"
+        query = f"date={date}&after={after}"
         path = f"{request.path}?{query}"
         return f"{request.scheme}://{request.host}{path}" if self.absolute_links else path
 

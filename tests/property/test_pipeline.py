@@ -1,0 +1,83 @@
+"""The whole configuration space, generatively (CONTRACT §16; issue 17 item 5).
+
+Hypothesis draws a configuration (pagination none or each of the six types; totals
+0, 1, exact fits, many; parallel pages on or off; ``max_pages``; pack off, response
+or record, gzip or not; sink S3 lean PUT, S3 SDK or a local folder; concurrency;
+memory budget; deadline) and a fault schedule (API: 429 with Retry-After, 5xx, a
+reset, a truncated body, a 404, a next link to another origin; S3: SlowDown, 500,
+a dropped connection, 403, a Complete answering 200 with an error, a held or hung
+request), runs it against the paged API and moto behind the fault proxy, and checks:
+
+- the counts add up, every failure has a kind from the closed set;
+- items the model says must fail failed, with a kind it allows; the others succeeded;
+- every succeeded item's bytes are stored exactly once where the manifest says
+  (unpacked: object bytes == the served page; packed: the span's lines decode to the
+  served body or records), and no pack holds a line of a failed item;
+- no object under the run's prefix that the manifest does not name; no open
+  multipart upload (local folder: no temporary file);
+- the run returns before its deadline; no exception escapes;
+- nothing reaches another origin; RSS growth within the budget + 32 MiB (local sink).
+
+CI runs a bounded, derandomized number of examples; ``make soak`` runs many more
+(tests/property/profiles.py). Examples that found a bug stay as ``@example``s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+
+from tests.property import profiles
+from tests.property.harness import Servers, run_world
+from tests.property.invariants import check
+from tests.property.model import World, worlds
+from tests.support.faults import S3FaultProxy
+from tests.support.paged_api import PagedAPI
+from tests.support.reliability import Canary
+from tests.support.servers import MotoS3, ThreadedApp
+
+pytestmark = [pytest.mark.usefixtures("allow_private")]
+
+
+@pytest.fixture(scope="module")
+def servers(moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """The API, the S3 fault proxy and the canary, started once for every example."""
+    api = PagedAPI()
+    canary = Canary()
+    try:
+        with ThreadedApp(api.app) as app, S3FaultProxy(moto_s3) as proxy:
+            yield Servers(
+                api=api,
+                api_url=app.url,
+                moto=moto_s3,
+                proxy=proxy,
+                canary=canary,
+                scratch=Path(tmp_path_factory.mktemp("property")) / "dest",
+            )
+    finally:
+        canary.close()
+        moto_s3.close_clients()
+
+
+def check_world(world: World, servers: Servers) -> None:
+    """One example: reset the servers, run the world, check every invariant."""
+    servers.prepare(world)
+    check(world, run_world(world, servers), servers)
+
+
+@pytest.mark.timeout(600)
+@profiles.CI
+@given(world=worlds())
+def test_every_configuration_keeps_the_invariants(servers: Servers, world: World) -> None:
+    check_world(world, servers)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(0)
+@profiles.SOAK
+@given(world=worlds())
+def test_soak_every_configuration_keeps_the_invariants(servers: Servers, world: World) -> None:
+    check_world(world, servers)
