@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import traceback
 import uuid
+from typing import Any
+from urllib.parse import quote, quote_plus
 
 import orjson
 import pytest
+from yarl import URL
 
 from ingest_core.errors import FailureKind, PartialFailureError
 from ingest_core.redact import REDACTED, register_secret, scrub, scrub_value
-from ingest_core.results import ItemResult, ItemStatus, Tally
+from ingest_core.results import MAX_ERROR_TEXT, ItemResult, ItemStatus, Tally
 
 
 def canary() -> str:
@@ -100,3 +105,45 @@ def test_log_records_are_scrubbed_at_every_level(caplog: pytest.LogCaptureFixtur
             texts.append("".join(traceback.format_exception(*record.exc_info)))
     assert not [text for text in texts if token in text]
     assert "bad value" in caplog.text  # the traceback itself is kept, scrubbed
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [
+        lambda s: s,
+        lambda s: s.lower(),
+        lambda s: s.upper(),
+        lambda s: s.partition(" ")[2].casefold(),
+        lambda s: quote(s, safe=""),
+        lambda s: quote(s).lower(),
+        lambda s: quote_plus(s),
+        lambda s: URL("http://h/").with_query([("k", s)]).raw_query_string[2:],
+        lambda s: URL("http://h/?k=" + s).raw_query_string[2:],
+        lambda s: URL.build(scheme="http", host="h", path="/" + s).raw_path[1:],
+        lambda s: json.dumps(s)[1:-1],
+        lambda s: json.dumps(s, ensure_ascii=False)[1:-1].replace("/", "\\/"),
+        lambda s: repr(s.encode())[2:-1],
+        lambda s: base64.b64encode(s.partition(" ")[2].encode()).decode(),
+    ],
+    ids=[
+        "raw", "lower", "upper", "bare-casefold", "quote", "quote-lower-hex", "quote_plus",
+        "yarl-query", "yarl-requoted", "yarl-path", "json", "json-slash", "bytes-repr", "base64",
+    ],
+)  # fmt: skip
+def test_every_spelling_of_a_registered_value_is_scrubbed(spell: Any) -> None:
+    # GIVEN a registered credential with URL-special, mixed-case and non-ASCII characters
+    secret = f"Bearer k9/aB+Zx== %@:Éß€-{uuid.uuid4().hex[:8]}"
+    register_secret(secret)
+    # WHEN a text quotes it in one spelling THEN the whole spelling is gone
+    text = f"before {spell(secret)} after"
+    assert scrub(text) in (f"before {REDACTED} after", f"before Bearer {REDACTED} after")
+
+
+def test_a_secret_is_scrubbed_before_a_text_is_cut() -> None:
+    # GIVEN a failed item whose 1,000-character error holds a secret across the cut
+    token = canary()
+    register_secret(token)
+    error = "x" * (MAX_ERROR_TEXT - 10) + token + "y" * 1000
+    failed = ItemResult(0, {}, None, ItemStatus.FAILED, 1, kind=FailureKind.TIMEOUT, error=error)
+    # WHEN it becomes a failure entry THEN not even the part before the cut is left
+    assert token[:10] not in failed.scrubbed().failure_entry()["error"]
