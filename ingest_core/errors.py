@@ -153,6 +153,12 @@ class BlockedError(FetchError, PermissionError):
     kind = FailureKind.BLOCKED
     retryable = False
 
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        # The refusal without the host or scheme: what an error about a URL the
+        # API chose (a redirect, a next link) may say, since the API wrote its host.
+        self.reason = reason or message
+
 
 class PaginationError(FetchError):
     """A chain of pages cannot go on: a loop, ``max_pages``, or a cursor it cannot read."""

@@ -2,13 +2,20 @@
 
 All aiohttp exceptions are translated to the ``FetchError`` family in exactly one
 place, ``translate_client_error`` (tests check that every ``aiohttp.ClientError``
-subclass is covered).
+subclass is covered). Its messages are built from what we know, never from the
+library's text (which quotes the whole URL, query and secret params included):
+the error's class, a fixed phrase, the OS error's name, and where the request
+went: the endpoint's origin and path, or for a URL the API chose (a redirect
+target, a next link) only the endpoint's origin when it is the same, since the
+API wrote everything else in it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
+import os
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -32,7 +39,6 @@ from ingest_core.errors import (
     TruncatedBody,
 )
 from ingest_core.netguard import GuardedResolver, NetPolicy, check_url
-from ingest_core.redact import scrub
 from ingest_core.retry import is_retryable_status, parse_retry_after
 
 MAX_REDIRECTS = 10
@@ -63,6 +69,7 @@ class FetchRequest:
     method: str = "GET"
     json: Any = None
     auth: AuthProvider | None = None
+    endpoint: str | None = None  # the configured one: errors may name its origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +122,7 @@ class RequestShape:
             method=method,
             json=body,
             auth=self.auth,
+            endpoint=self.endpoint,
         )
 
 
@@ -229,8 +237,8 @@ async def _follow(
 ) -> aiohttp.ClientResponse:
     """The first non-redirect answer, which must be a 2xx (returned unreleased)."""
     hop = _Hop(request.method, request.params, request.json, dict(headers))
-    for _ in range(MAX_REDIRECTS + 1):
-        response = await _send(session, url, hop)
+    for redirects in range(MAX_REDIRECTS + 1):
+        response = await _send(session, url, hop, _place(url, request, redirected=redirects > 0))
         if response.status not in REDIRECT_STATUSES:
             try:
                 _raise_for_status(response)
@@ -285,7 +293,35 @@ def _same_origin_only(headers: Mapping[str, str], secret_names: frozenset[str]) 
     return {k: v for k, v in headers.items() if k.lower() not in dropped}
 
 
-async def _send(session: aiohttp.ClientSession, url: URL, hop: _Hop) -> aiohttp.ClientResponse:
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a request went, as an error may name it."""
+
+    text: str
+    chosen_by_api: bool  # a redirect target or next link: the API wrote its URL
+
+
+def _place(url: URL, request: FetchRequest, *, redirected: bool) -> Place:
+    if not redirected and isinstance(request.url, str):
+        return Place(f"{url.origin()}{url.raw_path}", chosen_by_api=False)
+    what = "a redirect target" if redirected else "a next link"
+    known = _origin_of(request.endpoint) if request.endpoint else None
+    if known is not None and url.origin() == known:
+        return Place(f"{what} on {known}", chosen_by_api=True)
+    return Place(what, chosen_by_api=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _origin_of(endpoint: str) -> URL | None:
+    try:
+        return URL(endpoint).origin()
+    except ValueError:  # checked before any request; an unusable one names nothing
+        return None
+
+
+async def _send(
+    session: aiohttp.ClientSession, url: URL, hop: _Hop, place: Place
+) -> aiohttp.ClientResponse:
     try:
         if hop.method == "GET" and hop.json is None:
             return await session.get(
@@ -300,7 +336,7 @@ async def _send(session: aiohttp.ClientSession, url: URL, hop: _Hop) -> aiohttp.
             allow_redirects=False,
         )
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise translate_client_error(exc) from exc
+        raise translate_client_error(exc, place=place) from exc
     except ValueError as exc:
         # yarl or aiohttp refusing a URL they cannot build; their message quotes it.
         raise BlockedError(f"the URL could not be used ({type(exc).__name__})") from exc
@@ -321,7 +357,11 @@ def _redirect_target(response: aiohttp.ClientResponse, policy: NetPolicy) -> URL
         raise BlockedError(
             f"HTTP {response.status} redirect to a Location that is not a valid URL"
         ) from None
-    return check_url(target, policy)
+    try:
+        return check_url(target, policy)
+    except BlockedError as exc:
+        # The API wrote the target: name the refusal, never its host or scheme.
+        raise BlockedError(f"HTTP {response.status} redirect refused: {exc.reason}") from None
 
 
 def _raise_for_status(response: aiohttp.ClientResponse) -> None:
@@ -346,35 +386,42 @@ async def iter_body(response: aiohttp.ClientResponse, chunk_size: int) -> AsyncI
 
 
 # Order matters: the first matching class wins, so subclasses come first.
-_TRANSLATIONS: tuple[tuple[type[BaseException], type[FetchError], bool], ...] = (
-    (aiohttp.ClientPayloadError, TruncatedBody, True),
-    (aiohttp.ServerTimeoutError, FetchTimeout, True),
-    (aiohttp.ConnectionTimeoutError, FetchTimeout, True),
-    (aiohttp.SocketTimeoutError, FetchTimeout, True),
-    (aiohttp.ClientConnectorCertificateError, FetchConnectionError, False),
-    (aiohttp.ClientSSLError, FetchConnectionError, False),
-    (aiohttp.ServerFingerprintMismatch, FetchConnectionError, False),
-    (aiohttp.InvalidURL, BlockedError, False),
-    (aiohttp.ClientConnectionResetError, FetchConnectionError, True),
-    (aiohttp.ServerDisconnectedError, FetchConnectionError, True),
-    (aiohttp.ClientConnectorError, FetchConnectionError, True),
-    (aiohttp.ClientOSError, FetchConnectionError, True),
-    (aiohttp.ClientConnectionError, FetchConnectionError, True),
-    (aiohttp.ClientResponseError, FetchConnectionError, True),
-    (aiohttp.ClientError, FetchConnectionError, True),
-    (asyncio.TimeoutError, FetchTimeout, True),
-    (OSError, FetchConnectionError, True),
+# (aiohttp class, ours, retryable, what the message says happened)
+_TRANSLATIONS: tuple[tuple[type[BaseException], type[FetchError], bool, str], ...] = (
+    (aiohttp.ClientPayloadError, TruncatedBody, True, "the body could not be read"),
+    (aiohttp.ConnectionTimeoutError, FetchTimeout, True, "connect timeout"),
+    (aiohttp.SocketTimeoutError, FetchTimeout, True, "read timeout"),
+    (aiohttp.ServerTimeoutError, FetchTimeout, True, "timeout"),
+    (aiohttp.ClientConnectorCertificateError, FetchConnectionError, False, "TLS certificate"),
+    (aiohttp.ClientSSLError, FetchConnectionError, False, "TLS error"),
+    (aiohttp.ServerFingerprintMismatch, FetchConnectionError, False, "TLS fingerprint mismatch"),
+    (aiohttp.InvalidURL, BlockedError, False, "URL refused by the HTTP client"),
+    (aiohttp.ClientConnectionResetError, FetchConnectionError, True, "connection reset"),
+    (aiohttp.ServerDisconnectedError, FetchConnectionError, True, "server disconnected"),
+    (aiohttp.ClientConnectorError, FetchConnectionError, True, "cannot connect"),
+    (aiohttp.ClientOSError, FetchConnectionError, True, "connection error"),
+    (aiohttp.ClientConnectionError, FetchConnectionError, True, "connection error"),
+    (aiohttp.ClientResponseError, FetchConnectionError, True, "unexpected response"),
+    (aiohttp.ClientError, FetchConnectionError, True, "HTTP client error"),
+    (asyncio.TimeoutError, FetchTimeout, True, "timeout"),
+    (OSError, FetchConnectionError, True, "connection error"),
 )
 
 
-def translate_client_error(exc: BaseException, *, mid_body: bool = False) -> FetchError:
+def translate_client_error(
+    exc: BaseException, *, mid_body: bool = False, place: Place | None = None
+) -> FetchError:
     """Map an aiohttp (or socket) exception to ours; the one place that does so.
 
     A connection lost after the body started is ``TruncatedBody``: the bytes we
-    have are not the whole answer. Messages never include header values.
+    have are not the whole answer. Messages are built from what we know (see
+    the module docstring): never a header value, a query string, or a URL the
+    API chose.
     """
     blocked = _blocked_cause(exc)
     if blocked is not None:
+        if place is not None and place.chosen_by_api:
+            return BlockedError(f"{place.text} refused: {blocked.reason}")
         return blocked
     if _caused_by(exc, ContentEncodingError):
         # Brotli without the Brotli package, a corrupt gzip: a retry gets the same bytes.
@@ -386,14 +433,14 @@ def translate_client_error(exc: BaseException, *, mid_body: bool = False) -> Fet
     if isinstance(exc, aiohttp.InvalidURL):
         # Its text is the URL itself; the description says what is wrong with it.
         return BlockedError(f"URL refused by the HTTP client: {exc.description or 'invalid'}")
-    for source, target, retryable in _TRANSLATIONS:
+    for source, target, retryable, phrase in _TRANSLATIONS:
         if isinstance(exc, source):
             if mid_body and target is FetchConnectionError:
                 target = TruncatedBody
-            error = target(_describe(exc))
+            error = target(_describe(exc, phrase, place))
             error.retryable = retryable
             return error
-    raise TypeError(f"not an HTTP client error: {exc!r}")  # programming error
+    raise TypeError(f"not an HTTP client error: {type(exc).__name__}")  # programming error
 
 
 def _blocked_cause(exc: BaseException) -> BlockedError | None:
@@ -430,17 +477,28 @@ def _parser_summary(message: object) -> str:
     return match.group(0).strip()[:100] if match else "unparsable"
 
 
-def _describe(exc: BaseException) -> str:
-    # Connection errors name the host and the OS error; a payload error quotes the
-    # parser, so it is summarised. Secrets registered for the run are scrubbed anyway.
+def _describe(exc: BaseException, phrase: str, place: Place | None) -> str:
+    """``ConnectionTimeoutError: connect timeout (https://api.example.com/v1/data)``.
+
+    A payload error adds the leading words of the parser's message; an OS error
+    its errno's description (``Connection refused``); nothing else of the
+    library's text, which quotes the URL and its query.
+    """
+    text = f"{type(exc).__name__}: {phrase}"
     if isinstance(exc, aiohttp.ClientPayloadError):
-        text = _parser_summary(exc)
+        text = f"{type(exc).__name__}: {_parser_summary(exc)}"
         parser_error = _cause_of_type(exc, HttpProcessingError)
         if parser_error is not None:
             text = f"{text}: {_parser_summary(parser_error.message)}"
-        return f"{type(exc).__name__}: {text}"
-    text = str(exc) or type(exc).__name__
-    return scrub(f"{type(exc).__name__}: {text}"[:500])
+    elif (number := _errno_of(exc)) is not None:
+        text = f"{text}: {os.strerror(number)}"
+    return f"{text} ({place.text})" if place is not None else text
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    os_error = getattr(exc, "os_error", exc)  # ClientConnectorError wraps the OSError
+    number = getattr(os_error, "errno", None)
+    return number if isinstance(number, int) and number in errno.errorcode else None
 
 
 def safe_content_type(value: str | None) -> str | None:

@@ -338,7 +338,8 @@ def check_url(url: str | yarl.URL, policy: NetPolicy) -> yarl.URL:
     """Check an API URL against the policy before any connection is made.
 
     Messages name only the scheme, the host and the reason: never the path,
-    the query or user info.
+    the query or user info. The error's ``reason`` names neither scheme nor host,
+    for URLs the API chose (redirect targets, next links).
 
     Args:
         url: The endpoint or a redirect target.
@@ -357,12 +358,23 @@ def check_url(url: str | yarl.URL, policy: NetPolicy) -> yarl.URL:
     _check_userinfo(parsed)
     host = _host_of(parsed)
     if policy.allowed_hosts and not host_matches(host, policy.allowed_hosts):
-        raise BlockedError(f"host {host!r} is not in {ENV_ALLOWED_HOSTS}")
+        raise _refused(host, f"is not in {ENV_ALLOWED_HOSTS}")
     if not policy.allow_private_networks:
         _check_literal_host(host)
     else:
         _check_metadata_literal(host)
     return parsed
+
+
+WELL_KNOWN_SCHEMES = frozenset(
+    {"data", "dict", "file", "ftp", "gopher", "jar", "javascript", "ldap", "mailto", "netdoc"}
+    | {"sftp", "smb", "telnet", "tftp", "ws", "wss"}
+)
+
+
+def _refused(host: str, why: str) -> BlockedError:
+    """Names the host; its ``reason`` does not (for hosts the API chose, CONTRACT §12)."""
+    return BlockedError(f"host {host!r} {why}", reason=f"host {why}")
 
 
 def _parse_url(url: str | yarl.URL) -> yarl.URL:
@@ -383,7 +395,12 @@ def _check_scheme(url: yarl.URL, policy: NetPolicy) -> None:
         raise BlockedError(
             f"scheme 'http' is not allowed: https only unless {ENV_ALLOW_PRIVATE_NETWORKS}=true"
         )
-    raise BlockedError(f"scheme {scheme!r} is not allowed: https only")
+    # A scheme the API chose is named only when it is one of ours, not text it wrote.
+    named = scheme if scheme in WELL_KNOWN_SCHEMES else "(other)"
+    raise BlockedError(
+        f"scheme {scheme!r} is not allowed: https only",
+        reason=f"scheme {named!r} is not allowed: https only",
+    )
 
 
 def _check_userinfo(url: yarl.URL) -> None:
@@ -400,25 +417,25 @@ def _host_of(url: yarl.URL) -> str:
     if not host:
         raise BlockedError("URL has no host")
     if ":" not in host and not _HOSTNAME_RE.fullmatch(host):
-        raise BlockedError(f"host {host!r} has characters not allowed in a host name")
+        raise _refused(host, "has characters not allowed in a host name")
     return host
 
 
 def _check_literal_host(host: str) -> None:
     name = host.rstrip(".")
     if name == "localhost" or name.endswith(".localhost"):  # RFC 6761: always loopback
-        raise BlockedError(f"host {host!r} is refused: loopback")
+        raise _refused(host, "is refused: loopback")
     ip = parse_ip_literal(host)
     reason = None if ip is None else classify_address(ip)
     if reason is not None:
-        raise BlockedError(f"host {host!r} is refused: {reason} address {ip}")
+        raise _refused(host, f"is refused: {reason} address {ip}")
 
 
 def _check_metadata_literal(host: str) -> None:
     ip = parse_ip_literal(host)
     service = None if ip is None else metadata_service(ip)
     if service is not None:
-        raise BlockedError(f"host {host!r} is refused: cloud metadata address {ip} ({service})")
+        raise _refused(host, f"is refused: cloud metadata address {ip} ({service})")
 
 
 def metadata_service(ip: IPAddress) -> str | None:
@@ -526,7 +543,7 @@ class GuardedResolver(AbstractResolver):
         """
         allowed = self._policy.allowed_hosts
         if allowed and not host_matches(host, allowed):
-            raise BlockedError(f"host {host!r} is not in {ENV_ALLOWED_HOSTS}")
+            raise _refused(host, f"is not in {ENV_ALLOWED_HOSTS}")
         results = await self._inner.resolve(host, port, family)
         if self._policy.allow_private_networks:
             return _keep_allowed(host, results, _metadata_refusal)
@@ -550,7 +567,7 @@ def _keep_allowed(
             refused.append((result["host"], reason))
     if refused and not kept:
         address, reason = refused[0]
-        raise BlockedError(f"host {host!r} resolves to {address}, refused: {reason}")
+        raise _refused(host, f"resolves to {address}, refused: {reason}")
     return kept
 
 

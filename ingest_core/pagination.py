@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from yarl import URL
 
 from ingest_core.errors import BlockedError, PaginationError
-from ingest_core.netguard import NetPolicy, check_url
+from ingest_core.netguard import WELL_KNOWN_SCHEMES, NetPolicy, check_url
 from ingest_core.records import NOT_ONE_VALUE
 
 DEFAULT_MAX_PAGES = 1000
@@ -299,7 +299,9 @@ def _link_request(page: PageView, link: str | None) -> PageRequest | None:
         raise BlockedError(f"next link on page {page.number} could not be parsed") from None
     if target.scheme not in _WEB_SCHEMES or not target.host:
         # mailto:, file:, data:, javascript: ... have no origin to compare: refuse by name.
-        shown = f"{target.scheme}:" if target.scheme else "a link without a scheme"
+        # The scheme is the API's text: named only when it is one we know.
+        shown = f"{target.scheme}:" if target.scheme in WELL_KNOWN_SCHEMES else "another scheme"
+        shown = shown if target.scheme else "a link without a scheme"
         raise BlockedError(
             f"next link on page {page.number} is not http(s) ({shown}); nothing was sent there"
         )
@@ -563,10 +565,9 @@ class Chain:
         if request.url is None:
             return request
         if not request.url.absolute or request.url.origin() != self.origin:
+            # The API wrote the link: name the refusal, not where it points.
             raise BlockedError(
-                "next link leads to another origin"
-                f" ({request.url.scheme}://{request.url.host}:{request.url.port});"
-                " pages must stay on the endpoint's origin"
+                "next link leads to another origin; pages must stay on the endpoint's origin"
             )
         check_url(request.url, self.policy)
         return request
