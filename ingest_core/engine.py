@@ -170,6 +170,9 @@ class _Run:
         )
 
     def record(self, result: ItemResult) -> None:
+        # Scrubbed once here, so the tally and every on_item consumer (the CLI,
+        # the re-drive file) get the same redacted copy.
+        result = result.scrubbed()
         self.tally.add(result)
         if self.on_item is not None:
             self.on_item(result)

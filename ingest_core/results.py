@@ -112,6 +112,12 @@ class ItemResult:
             return None
         return "s3" if self.kind is FailureKind.S3_ERROR else "api"
 
+    def scrubbed(self) -> ItemResult:
+        """This result with every registered secret scrubbed from its error text."""
+        if self.error and contains_secret(self.error):
+            return replace(self, error=scrub(self.error))
+        return self
+
     def manifest_line(self) -> bytes:
         """One JSON line of the manifest."""
         line: dict[str, Any] = {
@@ -179,11 +185,10 @@ class Tally:
     def add(self, result: ItemResult) -> None:
         """Count one item and append its manifest line.
 
-        Every item's outcome passes here, so this is where its error text is
-        scrubbed of registered secrets, whatever produced the text.
+        The engine hands it scrubbed results; scrubbing again keeps the manifest
+        and the result safe for any other caller.
         """
-        if result.error and contains_secret(result.error):
-            result = replace(result, error=scrub(result.error))
+        result = result.scrubbed()
         self.manifest.write(result.manifest_line())
         self.retries += max(0, result.attempts - 1) + result.s3_retries
         self.throttled += result.throttled
