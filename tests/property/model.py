@@ -277,7 +277,7 @@ def worlds(draw: st.DrawFn) -> World:
         max_attempts=draw(st.integers(2, 4)),
         pad=draw(st.sampled_from([0, 0, 0, 2_000, 60_000])),
     )
-    # KNOWN BUG, finding 1: a total that fits on page 0 with parallel pages fails
+    # KNOWN BUG (property finding 1): a total that fits on page 0 with parallel pages fails
     # the item as `connection`; excluded until the chain fix lands.
     if world.pagination in TOTAL_SOURCES and world.parallel and total_source is not None:
         assume(not any(0 < total <= page_size for total in totals))
@@ -309,7 +309,7 @@ def faults_for(world: World) -> st.SearchStrategy[World]:
         if world.sink != "local":
             for _ in range(draw(st.integers(0, 2))):
                 # A request held for good (``hang``) ends only at the hard stop.
-                # KNOWN BUG, finding 2 (/work/notes/property-findings.md): a packed run
+                # KNOWN BUG (property finding 2): a packed run
                 # overruns its deadline when a PUT hangs; not drawn until fixed.
                 held = ("hang",) if world.tight and world.pack is None else ()
                 fault = draw(st.sampled_from(S3_RETRIED + S3_FATAL + ("error_in_200", *held)))

@@ -1,7 +1,8 @@
 """Auth providers (CONTRACT §12) without a network: the token endpoint is a fake.
 
-(aioresponses cannot build responses for the pinned aiohttp, so the provider's
-token call is injected instead; the functional tests use a real token server.)"""
+Caching and renewal are timed with an injected token call and clock; the real
+token request over aiohttp is in test_auth_mocked.py (aioresponses), and the
+functional tests use a real token server."""
 
 from __future__ import annotations
 
