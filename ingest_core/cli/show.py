@@ -26,6 +26,7 @@ import orjson
 
 from ingest_core.cli.common import Command, CommandError, UsageError, non_negative_int
 from ingest_core.packing import read_item
+from ingest_core.packing.units import decode_line
 from ingest_core.results import PackSpan
 from ingest_core.settings import Settings
 
@@ -73,23 +74,29 @@ def _show(args: argparse.Namespace, out: IO[str]) -> int:
             data = b"".join(chunks)
         if key.endswith(".gz"):
             data = gzip.decompress(data)
-        out.write(data.decode("utf-8", errors="replace").rstrip("\n") + "\n")
+        _write_bytes(data.rstrip(b"\n") + b"\n", out)
     return 0
 
 
 def _print_lines(data: bytes, *, raw: bool, out: IO[str]) -> None:
-    """The item's bodies (one per page) or records; with ``raw``, its lines as stored."""
+    """The item's bodies (one per page) or records; with ``raw``, its lines as stored.
+
+    Bodies come out as the API sent them (packing/units.py, ``decode_line``): JSON
+    with every digit, text, or the exact bytes of a body that was not UTF-8.
+    """
     for line in data.splitlines():
-        if raw:
-            out.write(line.decode() + "\n")
-            continue
-        value = orjson.loads(line)
-        if "_fanout" in value:  # unit record: the record as it came
-            value.pop("_fanout")
-            value = value.get("value", value) if set(value) == {"value"} else value
-        else:  # unit response: the body
-            value = value.get("body")
-        out.write(orjson.dumps(value).decode() + "\n")
+        _write_bytes((line if raw else decode_line(line)) + b"\n", out)
+
+
+def _write_bytes(data: bytes, out: IO[str]) -> None:
+    """Bytes to a text stream: through its binary buffer when it has one (stdout)."""
+    buffer = getattr(out, "buffer", None)
+    if buffer is None:
+        out.write(data.decode("utf-8", errors="backslashreplace"))
+        return
+    out.flush()
+    buffer.write(data)
+    buffer.flush()
 
 
 def _manifest_entry(lines: Iterable[bytes], index: int, where: str) -> dict[str, Any]:

@@ -127,3 +127,74 @@ def test_duckdb_reads_record_packs_from_a_local_folder_one_row_per_record(
         key=lambda t: (t[0], [-ord(c) for c in t[1]]),
     )
     assert warmest == (best[1], best[0], best[2])
+
+
+# ------------------------------------------------------------- lossless packs (issue 17)
+
+BIG_IDS = [18446744073709551617 + n for n in range(3)]  # beyond 64 bits; a double rounds them
+
+
+def test_duckdb_reads_big_integers_and_wrapped_scalars_of_a_record_pack_exactly(
+    api_server: Any, tmp_path: Path
+) -> None:
+    # GIVEN record packs of ids beyond 64 bits, beside a record {"value": 5} and a scalar 5
+    body = b'{"items":[' + b",".join(b'{"id":%d}' % n for n in BIG_IDS) + b',{"value":5},5]}'
+    url = api_server(ScriptedAPI({"0": Response(body=body)})).url
+    event = event_for(
+        f"{url}/v1/data",
+        batch=[{"date": "0"}],
+        request_id="lake-exact",
+        records_path="items",
+        options={"pack": {"unit": "record"}},
+    )
+    job = parse_event(event, policy=NetPolicy(allow_private_networks=True))
+    settings = Settings(policy=NetPolicy(allow_private_networks=True))
+    outcome = asyncio.run(run_job(job, writer=LocalDirWriter(tmp_path), settings=settings))
+    assert outcome.result["status"] == "SUCCESS"
+    files = str(tmp_path / SOURCE / "lake-exact-*.ndjson.gz")
+    con = duckdb.connect()
+    # WHEN DuckDB reads the ids as declared columns (LAKE.md: "Numbers")
+    ids = con.execute(
+        f"SELECT CAST(id AS VARCHAR) FROM read_json('{files}', columns={{id: 'HUGEINT'}})"
+        " WHERE id IS NOT NULL ORDER BY id"
+    ).fetchall()
+    # AND tells wrapped scalars from records that were {"value": ...}
+    values = con.execute(
+        f"SELECT value, coalesce(_fanout.wrapped, false) FROM read_json('{files}',"
+        " columns={value: 'BIGINT', _fanout: 'STRUCT(index BIGINT, wrapped BOOLEAN)'})"
+        " WHERE value IS NOT NULL ORDER BY 2"
+    ).fetchall()
+    # THEN every digit is the API's, and the two 5s are told apart
+    assert ids == [(str(n),) for n in BIG_IDS]
+    assert values == [(5, False), (5, True)]
+
+
+def test_duckdb_decodes_a_base64_body_from_s3_to_the_bytes_the_api_sent(
+    s3: MotoS3, api_server: Any, tmp_path: Path
+) -> None:
+    # GIVEN a response pack in S3 of a body that is not UTF-8 (expect_json off)
+    raw = b"\xff\xd8\xff\xe0 not text \x00\x80"
+    script = {"0": Response(body=raw, headers={"Content-Type": "image/jpeg"})}
+    url = api_server(ScriptedAPI(script)).url
+    event = event_for(
+        f"{url}/v1/data",
+        batch=[{"date": "0"}],
+        request_id="lake-bin",
+        options={"expect_json": False, "pack": {"unit": "response"}},
+    )
+    result = lambda_handler(event, LocalContext(timeout_s=60))
+    assert result["status"] == "SUCCESS", result["failures"]
+    download(s3, f"{SOURCE}/lake-bin-", tmp_path)
+    files = str(tmp_path / SOURCE / "lake-bin-*.ndjson.gz")
+    # WHEN DuckDB decodes the bodies flagged base64 (LAKE.md: "Bodies that are not JSON")
+    rows = (
+        duckdb.connect()
+        .execute(
+            "SELECT from_base64(body) FROM read_json("
+            f"'{files}', columns={{body_encoding: 'VARCHAR', body: 'VARCHAR'}})"
+            " WHERE body_encoding = 'base64'"
+        )
+        .fetchall()
+    )
+    # THEN it has the API's bytes, every one
+    assert rows == [(raw,)]

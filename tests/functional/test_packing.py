@@ -7,6 +7,7 @@ object does not exist; no multipart upload is left open; the counts add up.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import zlib
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ import orjson
 import pytest
 
 from handler.app import lambda_handler
+from ingest_core.cli import main
 from tests.conftest import RAW_BUCKET
 from tests.support.faults import S3FaultProxy
 from tests.support.lambda_context import LocalContext
@@ -304,6 +306,84 @@ def test_a_retried_map_batch_overwrites_its_own_objects(s3: MotoS3, api_server: 
     packs = [k for k in s3.list_keys(RAW_BUCKET) if "_manifests" not in k]
     assert packs == [f"{SOURCE}/exec-1-100-0.ndjson.gz"]
     assert len(object_lines(s3, packs[0])) == 10
+
+
+# ------------------------------------------------------------- lossless packs (issue 17)
+
+# 2**64 + 1 (a double reads it as 2**64), a 17-digit fraction, and 1.10 as written
+EXACT = b'{"id":18446744073709551617,"p":0.12345678901234567,"f":1.10}'
+FIDELITY_BODIES = {
+    "0": Response(body=b'{"items":[' + EXACT + b',{"value":5},5]}'),
+    # NDJSON whose lines are arrays (it packed as 0 records)
+    "1": Response(body=b'[1,"a"]\n[2,"b"]\n', headers={"Content-Type": "application/x-ndjson"}),
+}
+
+
+def show_item(capsysbinary: pytest.CaptureFixture[bytes], manifest: str, index: int) -> bytes:
+    capsysbinary.readouterr()
+    assert main(["show", manifest, "--index", str(index)]) == 0
+    return capsysbinary.readouterr().out
+
+
+@pytest.mark.parametrize("unit", ["response", "record"])
+def test_packs_keep_numbers_scalars_and_ndjson_arrays_as_the_api_sent_them(
+    s3: MotoS3, api_server: Any, capsysbinary: pytest.CaptureFixture[bytes], unit: str
+) -> None:
+    # GIVEN a body with 2**64 + 1, a 17-digit fraction, {"value": 5} beside 5, and an
+    # NDJSON body of arrays
+    url = api_server(ScriptedAPI(FIDELITY_BODIES)).url
+    event = event_for(
+        f"{url}/v1/data",
+        batch=[{"date": "0"}, {"date": "1"}],
+        request_id=f"exact-{unit}",
+        records_path="items",
+        options={"pack": {"unit": unit}},
+    )
+    # WHEN they are packed into S3
+    result, _ = run(event)
+    assert result["status"] == "SUCCESS", result["failures"]
+    entries = assert_pack_account(s3, result)
+    stored = [b"\n".join(object_lines(s3, entries[i]["key"])) for i in (0, 1)]
+    manifest = f"s3://{RAW_BUCKET}/{result['manifest_key']}"
+    # THEN the stored lines hold every digit as sent (not 1.8446744073709552e+19)
+    assert b"18446744073709551617" in stored[0] and b"0.12345678901234567" in stored[0]
+    assert b"1.8446744073709552e" not in stored[0]
+    # AND the NDJSON arrays are 2 records, and show gives back what the API sent
+    assert entries[1]["records"] == 2
+    if unit == "response":
+        assert show_item(capsysbinary, manifest, 0) == b'{"items":[' + EXACT + b',{"value":5},5]}\n'
+        assert show_item(capsysbinary, manifest, 1) == b'[[1,"a"],[2,"b"]]\n'
+    else:
+        assert entries[1]["pack"]["line_count"] == 2
+        assert show_item(capsysbinary, manifest, 0) == EXACT + b'\n{"value":5}\n5\n'
+        assert show_item(capsysbinary, manifest, 1) == b'[1,"a"]\n[2,"b"]\n'
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_a_body_that_is_not_utf8_is_packed_as_base64_and_shown_byte_for_byte(
+    s3: MotoS3, api_server: Any, capsysbinary: pytest.CaptureFixture[bytes], compression: str
+) -> None:
+    # GIVEN an API answering bytes that are not UTF-8, and expect_json off
+    raw = bytes(range(256)) + b"\xff\xfe caf\xe9"
+    script = {"0": Response(body=raw, headers={"Content-Type": "application/octet-stream"})}
+    url = api_server(ScriptedAPI(script)).url
+    event = event_for(
+        f"{url}/v1/data",
+        batch=[{"date": "0"}],
+        request_id=f"bin-{compression}",
+        options={"expect_json": False, "pack": {"compression": compression}},
+    )
+    # WHEN it is packed
+    result, _ = run(event)
+    assert result["status"] == "SUCCESS", result["failures"]
+    entries = assert_pack_account(s3, result)
+    # THEN its line says base64 and holds every byte (not U+FFFD in their place)
+    [line] = lines_of(s3, entries[0])
+    assert line["body_encoding"] == "base64"
+    assert base64.b64decode(line["body"]) == raw
+    # AND show prints the exact bytes the API sent
+    manifest = f"s3://{RAW_BUCKET}/{result['manifest_key']}"
+    assert show_item(capsysbinary, manifest, 0) == raw + b"\n"
 
 
 # ----------------------------------------------------------------------- with pagination

@@ -17,6 +17,7 @@ from ingest_core.keys import PackKeys
 from ingest_core.limits import ByteBudget
 from ingest_core.netguard import NetPolicy
 from ingest_core.packing import FLUSH_EVERY, Packer, Page, RecordUnit, ResponseUnit, make_unit
+from ingest_core.packing.units import decode_line, exact_loads
 from ingest_core.results import ItemResult, ItemStatus
 
 POLICY = NetPolicy(allow_private_networks=True)
@@ -88,7 +89,7 @@ def test_record_unit_one_line_per_record_with_fanout() -> None:
     assert rows == [
         {"a": 1, "_fanout": prov},
         {"a": 2, "_fanout": prov},
-        {"value": 7, "_fanout": prov},
+        {"value": 7, "_fanout": {**prov, "wrapped": True}},
     ]
     assert lines.count == lines.records == 3
 
@@ -111,6 +112,102 @@ def test_record_unit_counts(body: bytes, path: str | None, count: int) -> None:
 def test_record_unit_refuses_a_non_array_at_records_path() -> None:
     with pytest.raises(InvalidBody, match="not an array"):
         RecordUnit("data").lines(page(b'{"data": 5}'))
+
+
+# ------------------------------------------------------------ lossless packs (issue 17)
+
+BIG = b"18446744073709551616"  # 2**64: one beyond what orjson keeps as an integer
+NUMBERS = (
+    b'{"id":18446744073709551616,"neg":-9223372036854775809,'
+    b'"p":0.12345678901234567,"f":1.10,"e":1E2}'
+)
+
+
+def test_response_unit_embeds_a_compact_json_body_byte_for_byte() -> None:
+    # GIVEN a compact JSON body holding numbers no double or 64-bit integer keeps
+    # WHEN the response unit makes its line
+    line = ResponseUnit(None, expect_json=True).lines(page(NUMBERS)).data
+    # THEN the body is in the line exactly as sent: not parsed and written again
+    assert line.endswith(b',"body":' + NUMBERS + b"}\n")
+    assert decode_line(line.rstrip(b"\n")) == NUMBERS
+
+
+def test_response_unit_keeps_a_pretty_body_on_one_line_with_its_digits() -> None:
+    # GIVEN a pretty-printed body (CRLF and LF between tokens, a \n escape in a string)
+    body = b'{\r\n  "id": 18446744073709551616,\n  "s": "a\\nb"\n}\n'
+    # WHEN it is packed
+    lines = ResponseUnit(None, expect_json=True).lines(page(body))
+    # THEN one line; only the line breaks between tokens became spaces
+    assert lines.data.count(b"\n") == 1 and b"\r" not in lines.data
+    assert b'"id": 18446744073709551616' in lines.data and b'"a\\nb"' in lines.data
+    assert exact_loads(lines.data)["body"]["s"] == "a\nb"
+
+
+def test_record_unit_keeps_numbers_exactly_as_the_api_sent_them() -> None:
+    # GIVEN records holding 2**64, -2**63 - 1, a 17-digit fraction, 1.10 and 1E2
+    body = b'{"items":[' + NUMBERS + b',{"small":3,"x":2.5}]}'
+    # WHEN the record unit makes their lines
+    lines = RecordUnit("items").lines(page(body))
+    first, second = lines.data.splitlines()
+    # THEN every number is the text the API sent, not a float's nearest value
+    for number in (BIG, b"-9223372036854775809", b"0.12345678901234567", b"1.10", b"1E2"):
+        assert number in first, number
+    assert second.startswith(b'{"small":3,"x":2.5,"_fanout":')
+    assert decode_line(first) == NUMBERS
+
+
+def test_a_body_that_is_not_utf8_is_stored_as_base64_and_read_back_byte_for_byte() -> None:
+    # GIVEN a body that is not UTF-8, with expect_json off
+    body = b"\xff\xfe\x00caf\xe9 \x80\n"
+    # WHEN it is packed
+    line = ResponseUnit(None, expect_json=False).lines(page(body, content_type=None)).data
+    # THEN the line flags it base64, and reading it gives back every byte (no U+FFFD)
+    stored = orjson.loads(line)
+    assert stored["body_encoding"] == "base64"
+    assert decode_line(line.rstrip(b"\n")) == body
+
+
+def test_a_text_body_is_flagged_so_it_differs_from_a_json_string_body() -> None:
+    unit = ResponseUnit(None, expect_json=False)
+    text = orjson.loads(unit.lines(page(b"caf\xc3\xa9 <b>")).data)
+    json_string = orjson.loads(unit.lines(page(b'"caf\xc3\xa9 <b>"')).data)
+    assert (text["body"], text["body_encoding"]) == ("café <b>", "text")
+    assert json_string["body"] == "café <b>" and "body_encoding" not in json_string
+
+
+def test_record_unit_wraps_scalars_so_they_differ_from_value_objects() -> None:
+    # GIVEN a page of records {"value": 42}, 42, [1, 2] and {}
+    body = b'[{"value":42},42,[1,2],{}]'
+    # WHEN they are packed
+    lines = RecordUnit(None).lines(page(body)).data.splitlines()
+    # THEN the object and the scalar make different lines, and each reads back as it came
+    assert lines[0] != lines[1]
+    assert orjson.loads(lines[1])["_fanout"]["wrapped"] is True
+    assert "wrapped" not in orjson.loads(lines[0])["_fanout"]
+    assert [decode_line(line) for line in lines] == [b'{"value":42}', b"42", b"[1,2]", b"{}"]
+
+
+def test_a_record_with_a_fanout_key_of_its_own_gets_ours() -> None:
+    line = RecordUnit(None).lines(page(b'[{"_fanout":"theirs","a":1}]')).data
+    assert orjson.loads(line) == {
+        "_fanout": {"index": 3, "page": 0, "fetched_at": "2025-01-01T00:00:00.000Z"},
+        "a": 1,
+    }
+
+
+@pytest.mark.parametrize("path", [None, "items"])
+def test_ndjson_lines_that_are_arrays_are_records(path: str | None) -> None:
+    # GIVEN an NDJSON body whose lines are arrays (with records_path set or not)
+    body = b'[1,"a"]\r\n[2,"b"]\n\n[3,"c"]\n'
+    # WHEN the record unit packs it
+    lines = RecordUnit(path).lines(page(body))
+    # THEN each line is one record (it packed 0 records when records_path was set)
+    assert lines.count == lines.records == 3
+    assert [decode_line(x) for x in lines.data.splitlines()] == [b'[1,"a"]', b'[2,"b"]', b'[3,"c"]']
+    # AND the response unit stores the body as the array of its lines, counted the same
+    response = ResponseUnit(path, expect_json=True).lines(page(body))
+    assert orjson.loads(response.data)["body"] == [[1, "a"], [2, "b"], [3, "c"]]
+    assert response.records == 3
 
 
 def test_make_unit_picks_the_class_from_the_options() -> None:
