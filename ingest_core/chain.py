@@ -1,11 +1,10 @@
 """One item as a chain of pages (CONTRACT §11): page by page, or in parallel once known.
 
-``run_chain`` drives a ``pagination.Chain`` with a ``FetchPage`` the engine
-supplies (fetch one page with retries, write it, return the ``Page``), so this
-module holds the sequencing and nothing about HTTP, S3 or retries. Every page
-fetch holds one of the run's ``slots`` (sized by ``concurrency``) while it runs,
-so parallel pages share the same cap on requests in flight as the items do, and
-the same memory budget through the writer.
+``run_chain`` only sequences: it asks the ``pagination.Chain`` what to fetch next and
+calls the engine's ``FetchPage`` (one page through the attempt loop into the sink).
+An unpaginated item is a chain of one page (``SinglePage``). Every page fetch holds
+one of the run's ``slots`` (sized by ``concurrency``) while it runs, so parallel
+pages share the same cap on requests in flight as the items do.
 """
 
 from __future__ import annotations
@@ -13,70 +12,95 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from ingest_core.errors import FetchError
-from ingest_core.pagination import Chain, PageRequest, PageView
+from ingest_core.attempt import PageFailed
+from ingest_core.pagination import PageRequest, PageView
 from ingest_core.transfer import Stored
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page as written: what the writer seam saw and what the paginator reads.
+    """One page as stored: what the sink saw and what the paginator reads.
 
     Attributes:
-        index: the item's global index.
         number: 0-based page number within the item.
-        key: where the page was written.
-        status: the HTTP status of the page's response.
-        content_type: the response's content type.
+        key: where the page was written ("" when packed: the pack object is the item's).
         view: what the paginator reads (URL, headers, parsed body, records).
-        stored: what the writer stored (bytes, records).
+        stored: what the sink stored (bytes, records).
         attempts: attempts this page took.
         throttled: 429/503 answers this page met (CONTRACT §14).
     """
 
-    index: int
     number: int
     key: str
-    status: int
-    content_type: str | None
     view: PageView
     stored: Stored
     attempts: int
     throttled: int = 0
 
 
-class PageFailed(Exception):
-    """A page could not be fetched or written after its retries (carries why)."""
-
-    def __init__(self, error: Exception, attempts: int, key: str) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.attempts = attempts
-        self.key = key
-
-
 FetchPage = Callable[[int, PageRequest], Awaitable[Page]]
+
+
+class Sequencer(Protocol):
+    """What ``run_chain`` asks of a chain of pages (``pagination.Chain``, ``SinglePage``)."""
+
+    def first(self) -> PageRequest: ...
+
+    def after(self, page: PageView) -> PageRequest | None: ...
+
+    def fan_out(self, first: PageView) -> Sequence[PageRequest] | None: ...
+
+
+class SinglePage:
+    """An unpaginated item: a chain of exactly one page."""
+
+    def first(self) -> PageRequest:
+        return PageRequest()
+
+    def after(self, page: PageView) -> PageRequest | None:
+        return None
+
+    def fan_out(self, first: PageView) -> Sequence[PageRequest] | None:
+        return None
+
+
+SINGLE_PAGE = SinglePage()
 
 
 @dataclass(slots=True)
 class ChainOutcome:
-    """How one item's chain ended: the pages written, and the error if it failed."""
+    """How one item's chain went: pages stored, and the failure if it failed.
+
+    Filled in place while the chain runs, so a caller cut by a cancellation still
+    knows the pages stored so far.
+    """
 
     pages: list[Page] = field(default_factory=list)
     error: Exception | None = None
-    failed_attempts: int = 0
+    failed_attempts: int = 0  # attempts of the page that failed
+    failed_throttled: int = 0  # its 429/503 answers
 
     @property
-    def retries(self) -> int:
-        """Attempts beyond the first, over every page (the failed one included)."""
+    def attempts(self) -> int:
+        """The item's attempts: the first plus every retry over every page."""
         extra = sum(page.attempts - 1 for page in self.pages)
-        return extra + max(0, self.failed_attempts - 1)
+        if self.error is None:
+            return extra + 1
+        if not self.pages and self.failed_attempts == 0:
+            return 0  # nothing was ever sent
+        return extra + max(1, self.failed_attempts)
 
     @property
     def throttled(self) -> int:
-        """Throttled answers over the pages written."""
-        return sum(page.throttled for page in self.pages)
+        """Throttled answers over every page, the failed one included."""
+        return sum(page.throttled for page in self.pages) + self.failed_throttled
+
+    @property
+    def never_sent(self) -> bool:
+        """The chain failed before any request was sent (deadline or stop)."""
+        return self.error is not None and not self.pages and self.failed_attempts == 0
 
     @property
     def records(self) -> int | None:
@@ -89,52 +113,70 @@ class ChainOutcome:
         return total
 
 
-async def run_chain(chain: Chain, fetch: FetchPage, slots: asyncio.Semaphore) -> ChainOutcome:
-    """Fetch and write every page of one item; never raises for a failed page."""
-    outcome = ChainOutcome()
+async def run_chain(
+    chain: Sequencer, fetch: FetchPage, slots: asyncio.Semaphore | None, out: ChainOutcome
+) -> None:
+    """Fetch and store every page of one item into ``out``; never raises for a failure.
+
+    Any exception but a cancellation ends the chain with ``out.error`` set and the
+    pages stored so far kept (a paginator's bug must not orphan page 0).
+    """
     try:
-        await _walk(chain, fetch, slots, outcome)
+        await _walk(chain, fetch, slots, out)
     except PageFailed as failed:
-        outcome.error, outcome.failed_attempts = failed.error, failed.attempts
-    except FetchError as exc:  # the chain itself refused to go on (loop, origin, max_pages)
-        outcome.error = exc
-    outcome.pages.sort(key=lambda page: page.number)
-    return outcome
+        out.error = failed.error
+        out.failed_attempts, out.failed_throttled = failed.attempts, failed.throttled
+    except Exception as exc:  # the chain refused to go on (loop, origin, max_pages) or a bug
+        out.error, out.failed_attempts = exc, 1
+    finally:
+        out.pages.sort(key=lambda page: page.number)
 
 
 async def _walk(
-    chain: Chain, fetch: FetchPage, slots: asyncio.Semaphore, out: ChainOutcome
+    chain: Sequencer, fetch: FetchPage, slots: asyncio.Semaphore | None, out: ChainOutcome
 ) -> None:
     request: PageRequest | None = chain.first()
     number = 0
     while request is not None:
-        async with slots:
-            page = await fetch(number, request)
-        out.pages.append(page)
+        out.pages.append(await _held(slots, fetch, number, request))
         if number == 0:
-            rest = chain.fan_out(page.view)
+            rest = chain.fan_out(out.pages[0].view)
             if rest is not None:
                 await _parallel(rest, fetch, slots, out)
                 return
-        request = chain.after(page.view)
+        request = chain.after(out.pages[-1].view)
         number += 1
 
 
+async def _held(
+    slots: asyncio.Semaphore | None, fetch: FetchPage, number: int, request: PageRequest
+) -> Page:
+    if slots is None:  # the item's own worker slot is enough for a single page
+        return await fetch(number, request)
+    async with slots:
+        return await fetch(number, request)
+
+
 async def _parallel(
-    rest: Sequence[PageRequest], fetch: FetchPage, slots: asyncio.Semaphore, out: ChainOutcome
+    rest: Sequence[PageRequest],
+    fetch: FetchPage,
+    slots: asyncio.Semaphore | None,
+    out: ChainOutcome,
 ) -> None:
     """Pages 1..n at once (each under a slot); the first failure cancels the others."""
+    if not rest:  # the total fit on page 0
+        return
 
     async def one(number: int, request: PageRequest) -> None:
-        async with slots:
-            out.pages.append(await fetch(number, request))
+        out.pages.append(await _held(slots, fetch, number, request))
 
     tasks = [asyncio.create_task(one(n, r)) for n, r in enumerate(rest, start=1)]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
     finally:
         for task in tasks:
             task.cancel()

@@ -50,6 +50,7 @@ class FailureKind(StrEnum):
     S3_ERROR = "s3_error"
     DEADLINE = "deadline"
     PAGINATION = "pagination"
+    INTERNAL = "internal"  # a bug: an exception outside this tree (its type is in the error)
 
 
 class IngestError(Exception):

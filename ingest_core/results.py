@@ -233,6 +233,11 @@ class Tally:
         self.failures.append(entry)
         self.failures_bytes += size
 
+    def count_writes(self, retries: int, throttled: int) -> None:
+        """S3 retries and throttles no item's result carries (the manifest's own)."""
+        self.retries += retries
+        self.throttled += throttled
+
     @property
     def status(self) -> str:
         """SUCCESS when all succeeded (an empty batch too), FAILED when none did."""

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class ItemWrites:
     """What one item's S3 writes came to, as far as cancellations go."""
 
     cut_committing: bool = False  # a PUT or Complete was cancelled in flight
+    uncertain: set[str] = field(default_factory=set)  # keys those cut writes were for
 
 
 _ITEM: ContextVar[ItemWrites | None] = ContextVar("fanout_item_writes", default=None)
@@ -64,10 +65,11 @@ def watching(writes: ItemWrites) -> Iterator[ItemWrites]:
         _ITEM.reset(token)
 
 
-def _cut_committing() -> None:
+def _cut_committing(key: str) -> None:
     writes = _ITEM.get()
     if writes is not None:
         writes.cut_committing = True
+        writes.uncertain.add(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +215,7 @@ class _TrackedWriter:
         try:
             await self._inner.put(key, data, meta)
         except asyncio.CancelledError:
-            _cut_committing()
+            _cut_committing(key)
             raise
 
     async def start_multipart(self, key: str, meta: ObjectMeta) -> MultipartUpload:
@@ -244,7 +246,7 @@ class _TrackedUpload:
         try:
             await self._inner.complete()
         except asyncio.CancelledError:
-            _cut_committing()
+            _cut_committing(self._key)
             raise
         self._tracker._finished(self._inner)
 

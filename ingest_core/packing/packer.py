@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ingest_core.clock import RunClock
 from ingest_core.config import Options, PackOptions
 from ingest_core.errors import BodyTooLarge, FailureKind, S3WriteError, TruncatedBody
 from ingest_core.keys import PackKeys
@@ -265,8 +266,8 @@ class Packer:
         """Hand a fetched item to the packer; its result is reported when its object ends."""
         self._queue.put_nowait((staged, result))
 
-    async def close(self, within_s: float | None = None) -> None:
-        """Complete the open object and report every item; give up after ``within_s``.
+    async def close(self, clock: RunClock | None = None) -> None:
+        """Complete the open object and report every item; give up at ``clock.complete_by``.
 
         Items in an object that could not be completed in time fail (``s3_error``,
         upload aborted); items not yet packed are reported as not attempted.
@@ -275,7 +276,8 @@ class Packer:
             return
         self._queue.put_nowait(None)
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), within_s)
+            within = None if clock is None else clock.until(clock.complete_by)
+            await asyncio.wait_for(asyncio.shield(self._task), within)
         except TimeoutError:
             await self.abort("the pack could not be completed before the deadline")
         except Exception as exc:  # a bug in the packer must not lose items: report them

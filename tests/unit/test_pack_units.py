@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import orjson
 import pytest
 
 from ingest_core import InvalidBody, InvalidEventError, LocalDirWriter, parse_event
+from ingest_core.clock import RunClock
 from ingest_core.config import Options, PackOptions
 from ingest_core.keys import PackKeys
 from ingest_core.limits import ByteBudget
@@ -395,7 +397,8 @@ def test_a_put_in_flight_at_the_deadline_reports_its_items_as_write_unknown(
             )  # fmt: skip
             packer.submit(staged, ItemResult(index, {}, None, ItemStatus.WRITTEN))
         # WHEN the run must stop while the object's PUT has no answer
-        await packer.close(within_s=0.2)
+        # (a clock whose pack completion bound, deadline - margin/4, is 0.2 s away)
+        await packer.close(RunClock.for_deadline(time.monotonic() + 0.8, 2.4))
 
     asyncio.run(main())
     # THEN every item it held is reported once, as "may exist", kind deadline
