@@ -177,13 +177,17 @@ async def execute(
     )
     async with _target(job, settings, writer, local_dir, pool) as target:
 
-        async def run(todo: Job, track: ItemCallback | None = None) -> RunOutcome:
-            return await run_job(todo, writer=target, on_item=_both(on_item, track), **kwargs)
+        async def run(
+            todo: Job, track: ItemCallback | None = None, until: float | None = deadline
+        ) -> RunOutcome:
+            # An incremental run passes an earlier deadline: the rest is its advance's.
+            options = {**kwargs, "deadline": until}
+            return await run_job(todo, writer=target, on_item=_both(on_item, track), **options)
 
         if not is_incremental(job):
             return await run(job)
         store = state_store or store_for(target, job, manifest_prefix)
-        return await run_incremental(job, store, run, on_plan=on_plan)
+        return await run_incremental(job, store, run, deadline=deadline, on_plan=on_plan)
 
 
 @asynccontextmanager
