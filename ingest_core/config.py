@@ -32,6 +32,10 @@ MIN_DEADLINE_MARGIN_S = 1.0
 MAX_FAILURES_IN_RESULT = 1000
 DEFAULT_S3_MAX_ATTEMPTS = 10  # botocore's standard mode gives up after 3 (CONTRACT §14)
 MAX_S3_MAX_ATTEMPTS = 50
+# CONTRACT §15: how many steps one incremental run covers at most, oldest first; the
+# rest waits for the next run (the result says how many are still behind).
+DEFAULT_MAX_CATCH_UP = 1000
+MAX_MAX_CATCH_UP = 1_000_000
 
 DEFAULT_PACK_TARGET_MB = 64
 # Level 1: on 9 KB JSON bodies about a third of level 6's CPU for a 28% lower ratio
@@ -113,6 +117,7 @@ class Options(BaseModel):
     # shared Retry-After pause) when ``adaptive`` is on.
     s3_max_attempts: int = Field(DEFAULT_S3_MAX_ATTEMPTS, ge=1, le=MAX_S3_MAX_ATTEMPTS)
     adaptive: bool = True
+    max_catch_up: int = Field(DEFAULT_MAX_CATCH_UP, ge=1, le=MAX_MAX_CATCH_UP)
 
     @model_validator(mode="after")
     def _budget_holds_a_part(self) -> Options:

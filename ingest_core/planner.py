@@ -13,7 +13,8 @@ is no DST to skip or repeat: ``6h`` is always six hours.
 Relative bounds (``today``, ``yesterday``, ``today-Nd``, ``now``, ``now-Nh``) are
 resolved against one UTC clock reading by ``resolve_relative``, before anything
 else sees them: a range means the same dates however long its run takes.
-Incremental runs use ``covered_count`` to find where a watermark leaves off.
+Incremental runs use a ``Grid`` to find where a watermark leaves off, before or after
+``start``.
 """
 
 from __future__ import annotations
@@ -338,16 +339,7 @@ def covered_count(start: str, end: str, *, step: str, fmt: str, watermark: str) 
     Raises:
         ValueError: a bad range, or a watermark that is not a date of ``fmt``.
     """
-    span = _span(start, end, step)
-    mark = parse_value(watermark, fmt)
-    low, high = 0, span.count  # invariant: items [0, low) covered, [high, count) not
-    while low < high:
-        middle = (low + high) // 2
-        if parse_value(_render(span.at(middle), fmt), fmt) <= mark:
-            low = middle + 1
-        else:
-            high = middle
-    return low
+    return max(0, grid(start, end, step=step, fmt=fmt).first_after(watermark))
 
 
 def value_at(start: str, end: str, *, step: str, k: int) -> str:
@@ -356,3 +348,65 @@ def value_at(start: str, end: str, *, step: str, k: int) -> str:
     if not 0 <= k < span.count:
         raise ValueError(f"item {k} is outside a range of {span.count}")
     return span.at(k).isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    """A range's steps, numbered from its start and extended before it (negative k).
+
+    Incremental runs catch up from the step after a watermark that may lie before
+    ``start`` (a sliding ``today-3d`` after a week without runs): those steps are the
+    range's own, continued backward from its anchor, so month clamping agrees.
+    """
+
+    span: _Span
+    fmt: str
+
+    @property
+    def count(self) -> int:
+        """Steps from ``start`` to ``end``, inclusive."""
+        return self.span.count
+
+    def text(self, k: int) -> str:
+        """The k-th value as the format renders it."""
+        return _render(self.span.at(k), self.fmt)
+
+    def first_after(self, watermark: str) -> int:
+        """The index of the first step rendered after ``watermark`` (negative: before start).
+
+        Found by exponential search backward, then bisection: never walked.
+        """
+        mark = parse_value(watermark, self.fmt)
+        if not self._after(0, mark):
+            return self._bisect(0, self.count, mark)
+        reach = 1
+        while self._after(-reach, mark):
+            reach *= 2
+        return self._bisect(-reach, -reach // 2 if reach > 1 else 0, mark)
+
+    def _after(self, k: int, mark: datetime) -> bool:
+        try:
+            return parse_value(self.text(k), self.fmt) > mark
+        except (OverflowError, ValueError):
+            return False  # before the first representable date: not after anything
+
+    def _bisect(self, low: int, high: int, mark: datetime) -> int:
+        # invariant: step low - 1 (or low itself) is not after mark; high is, or is the end
+        while low < high:
+            middle = (low + high) // 2
+            if self._after(middle, mark):
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+
+def grid(start: str, end: str, *, step: str, fmt: str) -> Grid:
+    """The ``Grid`` of a range (validated as ``expand_date_range`` validates it).
+
+    Raises:
+        ValueError: a bad range or format.
+    """
+    span = _span(start, end, step)
+    _render(span.start, fmt)
+    return Grid(span, fmt)

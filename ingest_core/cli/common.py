@@ -272,6 +272,7 @@ OPTION_HELP = {
     "fail_on_error": "treat any failed item as a failed run (the CLI exits 1 either way)",
     "s3_max_attempts": "attempts per S3 call (SlowDown, 5xx, dropped connection) within a deadline",
     "adaptive": "keep concurrency fixed: no AIMD limit, no shared Retry-After pause per API origin",
+    "max_catch_up": "incremental runs: steps one run covers at most, oldest first (default 1000)",
 }
 
 
