@@ -1,17 +1,23 @@
-"""The watermark of incremental runs (CONTRACT §15), in S3 or in a local folder.
+"""The state of incremental runs (CONTRACT §15), in S3 or in a local folder.
 
 One small JSON object per range, ``{source_id}/_state/{state_key}.json``::
 
-    {"watermark": "2025-03-31", "updated_at": "2025-04-01T06:00:12+00:00",
-     "request_id": "..."}
+    {"watermark": "2025-03-31", "landed": ["2025-04-02", "2025-04-03"],
+     "updated_at": "2025-04-05T06:00:12+00:00", "request_id": "..."}
 
-The watermark is the last date (as the range's ``format`` renders it) up to which
-every item has succeeded. Writes are conditional: the version read (S3's ETag, or
-a local file's content hash) must still be current, or the object must not exist
-yet for a first write (``If-Match`` / ``If-None-Match: *``). ``advance`` re-reads
-on a lost race and keeps the later of the two watermarks, so two runs racing can
-never lose an advance nor move the watermark backward. A state object that cannot
-be read is an error naming it: it is never silently reset.
+``watermark`` is the last step (as the range's ``format`` renders it) up to which
+every step has landed; ``landed`` lists, in order, the steps after it that have
+landed too (at most ``MAX_LANDED``, the earliest kept: a step dropped from the
+list is fetched again and overwrites its own key). A run fetches only the steps
+after the watermark that are not listed, and the watermark moves only over
+listed steps: never across one that has not landed.
+
+Writes are conditional: the version read (S3's ETag, or a local file's content
+hash) must still be current, or the object must not exist yet for a first write
+(``If-Match`` / ``If-None-Match: *``). ``advance`` re-reads on a lost race and
+merges what both runs proved, so racing runs never lose an advance nor move the
+watermark backward. A state object that cannot be read is an error naming it: it
+is never silently reset.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +41,9 @@ from ingest_core.writers import with_s3_retries
 STATE_FOLDER = "_state"
 STATE_KEY_HEX = 16
 MAX_STATE_BYTES = 64 * 1024
+# Steps after the watermark remembered as landed: enough for a failed day plus
+# years of daily runs after it, and well inside MAX_STATE_BYTES for any format.
+MAX_LANDED = 1000
 MAX_WRITE_ATTEMPTS = 10
 CONFLICT_BACKOFF_S = 0.05
 # S3 answers a lost conditional write with 412, a concurrent one with 409, and an
@@ -47,14 +56,16 @@ _CONFLICT_STATUSES = frozenset({404, 409, 412})
 class Watermark:
     """The content of a state object."""
 
-    watermark: str
+    watermark: str | None  # None only before any step next to the range's start landed
     updated_at: str
     request_id: str
+    landed: tuple[str, ...] = ()  # steps after the watermark that landed, in order
 
     def to_json(self) -> bytes:
         """The object's bytes."""
         body = {
             "watermark": self.watermark,
+            "landed": list(self.landed),
             "updated_at": self.updated_at,
             "request_id": self.request_id,
         }
@@ -144,17 +155,39 @@ def decode(raw: bytes, where: str, fmt: str | None = None) -> Watermark:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise StateError(f"state object {where} is not JSON ({exc})") from None
-    fields = ("watermark", "updated_at", "request_id")
-    if not isinstance(body, dict) or not all(isinstance(body.get(f), str) for f in fields):
+    fields = ("updated_at", "request_id")
+    if (
+        not isinstance(body, dict)
+        or not all(isinstance(body.get(f), str) for f in fields)
+        or not isinstance(body.get("watermark"), str | None)
+        or not _is_text_list(body.get("landed", []))
+    ):
         raise StateError(
             f"state object {where} must be a JSON object with string fields"
-            f" {', '.join(fields)}; fix it with 'fanout-ingest state set' or remove it"
-            " with 'fanout-ingest state clear'"
+            f" watermark, {', '.join(fields)} and a list of strings landed; fix it with"
+            " 'fanout-ingest state set' or remove it with 'fanout-ingest state clear'"
         )
-    state = Watermark(body["watermark"], body["updated_at"], body["request_id"])
+    state = Watermark(
+        body["watermark"], body["updated_at"], body["request_id"], tuple(body.get("landed", []))
+    )
     if fmt is not None:
-        check_watermark(state.watermark, fmt, where)
+        check_state(state, fmt, where)
     return state
+
+
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def check_state(state: Watermark, fmt: str, where: str) -> None:
+    """Raise ``StateError`` naming ``where`` unless every date in ``state`` is of ``fmt``."""
+    if state.watermark is not None:
+        check_watermark(state.watermark, fmt, where)
+    for value in state.landed:
+        try:
+            parse_value(value, fmt)
+        except ValueError as exc:
+            raise StateError(f"state object {where}: landed {exc}") from None
 
 
 def check_watermark(watermark: str, fmt: str, where: str) -> None:
@@ -169,30 +202,76 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-async def advance(
-    store: StateStore, candidate: str, *, fmt: str, request_id: str
-) -> tuple[Watermark, bool]:
-    """Move the watermark forward to ``candidate``, never backward.
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What one run proved: the steps it covered, in order, and which of them landed."""
 
-    A lost race re-reads and compares again, so the result is the later of what
-    this run and any concurrent one proved.
+    anchor: str | None  # the watermark its steps follow (None: they start the range)
+    steps: Callable[[], Iterable[str]]  # its steps in order, lazily
+    landed: Collection[str]
+
+
+def merge(
+    current: Watermark | None, progress: Progress, fmt: str
+) -> tuple[str | None, tuple[str, ...]]:
+    """The watermark and landed list after ``progress``, given the state now stored.
+
+    The watermark walks the run's steps while each has landed (now or before); it
+    walks only from a watermark at or after the run's anchor, since a state moved
+    back meanwhile (``state set``) leaves steps between them that nobody fetched.
+    """
+    mark = current.watermark if current is not None else progress.anchor
+    known = set(progress.landed).union(current.landed if current is not None else ())
+    if _walks_from(mark, progress.anchor, fmt):
+        floor = None if mark is None else parse_value(mark, fmt)
+        for value in progress.steps():
+            if floor is not None and parse_value(value, fmt) <= floor:
+                continue
+            if value not in known:
+                break
+            mark = value
+    floor = None if mark is None else parse_value(mark, fmt)
+    after = {value: parse_value(value, fmt) for value in known}
+    rest = sorted(
+        (v for v, at in after.items() if floor is None or at > floor), key=after.__getitem__
+    )
+    return mark, tuple(rest[:MAX_LANDED])
+
+
+def _walks_from(mark: str | None, anchor: str | None, fmt: str) -> bool:
+    if anchor is None or mark is None:
+        return mark is None and anchor is None
+    return parse_value(mark, fmt) >= parse_value(anchor, fmt)
+
+
+async def advance(
+    store: StateStore, progress: Progress, *, fmt: str, request_id: str
+) -> tuple[Watermark | None, bool]:
+    """Record what a run proved: the watermark moves forward only, landed steps are kept.
+
+    A lost race re-reads and merges again, so the result holds what this run and
+    any concurrent one proved.
 
     Returns:
-        The watermark now stored, and whether this call wrote it.
+        The state now stored (None: there is none and nothing landed), and whether
+        this call wrote it.
 
     Raises:
         StateError: the object is unreadable, or the race was lost too often.
     """
-    target = parse_value(candidate, fmt)
     for attempt in range(MAX_WRITE_ATTEMPTS):
         current = await store.read()
-        if current is not None:
-            check_watermark(current.state.watermark, fmt, store.describe())
-            if parse_value(current.state.watermark, fmt) >= target:
-                return current.state, False
-        state = Watermark(candidate, _now(), request_id)
+        stored = None if current is None else current.state
+        if stored is not None:
+            check_state(stored, fmt, store.describe())
+        mark, landed = merge(stored, progress, fmt)
+        if stored is None and not progress.landed:
+            return None, False  # nothing proved: no state object claiming anything
+        if stored is not None and (mark, landed) == (stored.watermark, stored.landed):
+            return stored, False
+        state = Watermark(mark, _now(), request_id, landed)
         try:
-            await store.write(state, version=current.version if current else None)
+            await store.write(state, version=None if current is None else current.version)
         except StateConflict:
             await asyncio.sleep(CONFLICT_BACKOFF_S * (attempt + 1))
             continue
@@ -203,7 +282,11 @@ async def advance(
 
 
 async def overwrite(store: StateStore, watermark: str, *, request_id: str) -> Watermark:
-    """Set the watermark to ``watermark`` (forward or back), still conditionally."""
+    """Set the watermark to ``watermark`` (forward or back), still conditionally.
+
+    The landed list is emptied: an operator moving the watermark wants every step
+    after it fetched again.
+    """
     for attempt in range(MAX_WRITE_ATTEMPTS):
         try:
             current = await store.read()

@@ -1,54 +1,96 @@
-"""The pure parts of incremental runs: the prefix tracker, state keys and shapes, skipping."""
+"""The pure parts of incremental runs: landed steps, merging states, state keys, shapes."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 
 from ingest_core import InvalidEventError, StateError, parse_event
 from ingest_core.errors import FailureKind, StateConflict
-from ingest_core.events import skip_items
-from ingest_core.incremental import PrefixTracker
+from ingest_core.incremental import LandedSteps
 from ingest_core.netguard import NetPolicy
 from ingest_core.results import ItemResult, ItemStatus
-from ingest_core.state import LocalStateStore, Watermark, advance, decode, default_state_key
+from ingest_core.state import (
+    MAX_LANDED,
+    LocalStateStore,
+    Progress,
+    Watermark,
+    advance,
+    decode,
+    default_state_key,
+    merge,
+)
 
+FMT = "%Y-%m-%d"
 API = {"endpoint": "https://api.example.com/v1/data", "raw_bucket": "raw", "source_id": "src"}
 
 
 def result(index: int, ok: bool) -> ItemResult:
     status = ItemStatus.WRITTEN if ok else ItemStatus.FAILED
     kind = None if ok else FailureKind.HTTP_STATUS
-    return ItemResult(index, {"date": f"d{index:02d}"}, "k", status, kind=kind)
+    return ItemResult(index, {"date": f"2025-01-{index:02d}"}, "k", status, kind=kind)
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_prefix_tracker_ends_before_the_first_gap_in_any_order(seed: int) -> None:
-    # GIVEN items 10..39 of which 23 failed, finishing in a random order
-    order = list(range(10, 40))
+def jan(day: int) -> str:
+    return f"2025-01-{day:02d}"
+
+
+def window_of(first: int, last: int) -> Callable[[], Iterator[str]]:
+    return lambda: iter([jan(d) for d in range(first, last + 1)])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_landed_steps_are_whatever_succeeded_in_any_order(seed: int) -> None:
+    # GIVEN days 1..20 of which the 5th failed and the 9th was already there
+    order = list(range(1, 21))
     random.Random(seed).shuffle(order)
-    tracker = PrefixTracker(next_index=10, param="date")
-    # WHEN each is recorded
-    for index in order:
-        tracker.on_item(result(index, ok=index != 23))
-    # THEN the prefix ends at 22, whatever the order
-    assert tracker.last_value == "d22" and tracker.gap == 23
+    landed = LandedSteps("date")
+    for day in order:
+        outcome = result(day, ok=day != 5)
+        landed.on_item(
+            outcome if day != 9 else ItemResult(9, outcome.params, "k", ItemStatus.SKIPPED)
+        )
+    # THEN every day but the 5th counts as landed, whatever the order
+    assert landed.values == {jan(d) for d in range(1, 21)} - {jan(5)}
 
 
-def test_prefix_tracker_with_a_first_item_not_attempted_has_no_prefix() -> None:
-    tracker = PrefixTracker(next_index=0, param="date")
-    tracker.on_item(result(1, ok=True))
-    tracker.on_item(ItemResult(0, {"date": "d00"}, "k", ItemStatus.NOT_ATTEMPTED))
-    assert tracker.last_value is None
+def test_merge_stops_the_watermark_at_a_gap_and_lists_what_landed_after_it() -> None:
+    # GIVEN a first run over Jan 1-10 (anchor Dec 31) where Jan 3 failed
+    progress = Progress("2024-12-31", window_of(1, 10), {jan(d) for d in range(1, 11)} - {jan(3)})
+    # THEN the watermark stops before Jan 3 and Jan 4-10 are listed
+    assert merge(None, progress, FMT) == (jan(2), tuple(jan(d) for d in range(4, 11)))
+    # WHEN the next run lands Jan 3 THEN the watermark walks over everything listed
+    state = Watermark(jan(2), "t", "r1", tuple(jan(d) for d in range(4, 11)))
+    assert merge(state, Progress(jan(2), window_of(3, 11), {jan(3)}), FMT) == (jan(10), ())
 
 
-def test_skipped_existing_items_count_as_landed() -> None:
-    tracker = PrefixTracker(next_index=0, param="date")
-    tracker.on_item(ItemResult(0, {"date": "d00"}, "k", ItemStatus.SKIPPED))
-    assert tracker.last_value == "d00"
+def test_merge_never_moves_the_watermark_across_steps_nobody_fetched() -> None:
+    # GIVEN a run that read Jan 5 and landed Jan 6-7, while the state was set back to Jan 1
+    state = Watermark(jan(1), "t", "set")
+    progress = Progress(jan(5), window_of(6, 7), {jan(6), jan(7)})
+    # THEN the watermark stays at Jan 1; Jan 6-7 are listed as landed
+    assert merge(state, progress, FMT) == (jan(1), (jan(6), jan(7)))
+
+
+def test_merge_keeps_a_later_watermark_of_a_racing_run() -> None:
+    # GIVEN another run moved the watermark to Jan 8 (and landed Jan 10) meanwhile
+    state = Watermark(jan(8), "t", "other", (jan(10),))
+    progress = Progress(jan(2), window_of(3, 9), {jan(3), jan(9)})
+    # THEN this run's Jan 9 extends it; Jan 10, past this run's steps, stays listed
+    assert merge(state, progress, FMT) == (jan(9), (jan(10),))
+
+
+def test_the_landed_list_is_bounded_keeping_the_earliest() -> None:
+    days = [(date(2025, 1, 1) + timedelta(days=k)).isoformat() for k in range(2000)]
+    progress = Progress("2024-12-31", lambda: iter(days), set(days[1:]))
+    mark, landed = merge(None, progress, FMT)
+    assert mark == "2024-12-31" and len(landed) == MAX_LANDED
+    assert list(landed) == sorted(set(days[1:]))[:MAX_LANDED]
 
 
 def test_default_state_key_is_stable_and_follows_what_identifies_requests() -> None:
@@ -71,22 +113,6 @@ def test_default_state_key_is_stable_and_follows_what_identifies_requests() -> N
 def test_malformed_state_objects_name_the_object(raw: bytes) -> None:
     with pytest.raises(StateError, match="s3://b/k"):
         decode(raw, "s3://b/k")
-
-
-def test_skip_items_keeps_each_items_index() -> None:
-    event = {
-        "api_config": API,
-        "date_range": {"start": "2025-01-30", "end": "2025-02-02", "incremental": True},
-        "index_offset": 100,
-        "request_id": "r",
-    }
-    job = parse_event(event, policy=NetPolicy())
-    tail = skip_items(job, 2)
-    assert [(i.index, i.params["date"]) for i in tail.items()] == [
-        (102, "2025-02-01"),
-        (103, "2025-02-02"),
-    ]
-    assert tail.requested == 2
 
 
 def test_an_incremental_range_needs_a_format_that_reads_back() -> None:
@@ -115,9 +141,11 @@ def test_local_store_refuses_a_stale_version_and_advance_keeps_the_max(tmp_path:
         await store.write(Watermark("2025-01-05", "t", "a"), version=None)
         with pytest.raises(StateConflict):
             await store.write(Watermark("2025-01-01", "t", "b"), version=None)
-        _, wrote = await advance(store, "2025-01-03", fmt="%Y-%m-%d", request_id="c")
+        behind = Progress(jan(1), window_of(2, 3), {jan(2), jan(3)})
+        _, wrote = await advance(store, behind, fmt=FMT, request_id="c")
         assert not wrote
-        _, wrote = await advance(store, "2025-01-09", fmt="%Y-%m-%d", request_id="d")
+        ahead = Progress(jan(5), window_of(6, 9), {jan(d) for d in range(6, 10)})
+        _, wrote = await advance(store, ahead, fmt=FMT, request_id="d")
         assert wrote
         current = await store.read()
         assert current is not None
