@@ -8,7 +8,6 @@ Four shapes say what to fetch: ``query_params`` (the original single request),
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -506,19 +505,6 @@ def range_job(
         date_range=date_range,
         index_offset=offset,
     )
-
-
-def skip_items(job: Job, k: int) -> Job:
-    """``job`` without the first ``k`` items of its date range; indexes are kept.
-
-    Every item keeps the index (and so the key) it has in the whole range.
-    """
-    if job.date_range is None or not 0 < k < job.requested:
-        raise ValueError(f"cannot skip {k} of {job.requested} items of this job")
-    narrowed = range_job(
-        job.api, job.options, job.request_id, job.date_range.skipping(k), job.index_offset + k
-    )
-    return dataclasses.replace(narrowed, is_map_batch=job.is_map_batch)
 
 
 def _numbered(params: Any, offset: int) -> Iterator[PlannedItem]:

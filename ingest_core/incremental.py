@@ -1,33 +1,50 @@
-"""Incremental runs (CONTRACT §15): start after the watermark, advance over what landed.
+"""Incremental runs (CONTRACT §15): each step fetched until it lands, then never again.
 
 ``run_incremental`` wraps one run of a ``date_range`` job without touching the
-engine: it reads the watermark, drops the items it covers from the plan, runs
-the rest through the ``run`` callable it is given (the same run the plain path
-makes, plus one more ``on_item`` callback), and then moves the watermark to the
-end of the contiguous prefix of items that succeeded. A failed item, or one not
-attempted (a deadline, a stop), ends the prefix: the next run starts at it, and
-everything after it is fetched again rather than skipped.
+engine. It reads the state (the watermark and the steps after it that landed),
+plans the run's window, runs the steps of the window that have not landed through
+the ``run`` callable it is given (the plain path's run, plus an ``on_item``
+callback and a deadline), and records what landed.
+
+The window starts at the step after the watermark, even when the range's
+``start`` is later (catch-up: a week without runs, or an edited event), and
+covers at most ``options.max_catch_up`` steps, oldest first; without a state it
+starts at ``start``. The watermark then moves over the steps that landed, never
+across one that did not; steps that landed after a gap are listed in the state,
+so the next run fetches only what is missing.
+
+Deadline: the state is read and written under the run's clock, with the run's S3
+retry policy bounded by it. The engine gets a deadline half a margin earlier than
+the run's own, so the advance has that half to be written; when it cannot be,
+the result says so (``state_error``) and the state keeps what it had, so the next
+run fetches those steps again (onto the same keys).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from ingest_core.config import Options
 from ingest_core.engine import ItemCallback, RunOutcome
 from ingest_core.errors import StateError
-from ingest_core.events import Job, skip_items
-from ingest_core.planner import covered_count
+from ingest_core.events import Job, PlannedItem
+from ingest_core.planner import Grid, grid
+from ingest_core.ranges import DateRange
 from ingest_core.results import ItemResult, Tally
+from ingest_core.s3retry import S3Retry, write_scope
 from ingest_core.state import (
     LocalStateStore,
+    Progress,
     S3StateStore,
     StateStore,
+    Watermark,
     advance,
-    check_watermark,
+    check_state,
     default_state_key,
     state_object_key,
 )
@@ -35,7 +52,10 @@ from ingest_core.writers import LocalDirWriter, ObjectWriter, S3Writer
 
 log = logging.getLogger(__name__)
 
-RunFn = Callable[[Job, ItemCallback], Awaitable[RunOutcome]]
+# The run's engine gets its deadline this share of the margin early: the advance's time.
+ADVANCE_SHARE_OF_MARGIN = 0.5
+RunFn = Callable[[Job, ItemCallback, float | None], Awaitable[RunOutcome]]
+T = TypeVar("T")
 
 
 def is_incremental(job: Job) -> bool:
@@ -67,106 +87,241 @@ def store_for(writer: ObjectWriter, job: Job, prefix: str = "") -> StateStore:
     raise StateError(f"an incremental run needs an S3 or local-folder writer, not {writer!r}")
 
 
+# ------------------------------------------------------------------ the window
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The steps one run covers: grid indexes ``first..last``; ``landed`` ones are skipped."""
+
+    grid: Grid
+    anchor: str | None  # the watermark the window follows (None: it starts the range)
+    first: int
+    last: int  # inclusive; below first when there is nothing to cover
+    landed: frozenset[str]
+
+    @property
+    def size(self) -> int:
+        """How many steps the window covers, landed ones included."""
+        return max(0, self.last - self.first + 1)
+
+    @property
+    def beyond(self) -> int:
+        """Steps of the range after the window: the next runs' share."""
+        return max(0, self.grid.count - 1 - max(self.last, self.first - 1))
+
+    def steps(self) -> Iterator[str]:
+        """Every step of the window, in order, as the format renders it."""
+        return (self.grid.text(k) for k in range(self.first, self.last + 1))
+
+
+def plan_window(date_range: DateRange, state: Watermark | None, max_catch_up: int) -> Window:
+    """The window of a run of ``date_range`` given the state read (CONTRACT §15)."""
+    steps = grid(date_range.start, date_range.end, step=date_range.step, fmt=date_range.format)
+    if state is None or state.watermark is None:
+        anchor, first = _before_start(steps), 0
+    else:
+        anchor, first = state.watermark, steps.first_after(state.watermark)
+    last = min(steps.count - 1, first + max_catch_up - 1)
+    landed = frozenset(state.landed) if state is not None else frozenset()
+    return Window(steps, anchor, first, last, landed)
+
+
+def _before_start(steps: Grid) -> str | None:
+    """The step before ``start``: a first run's anchor, so a failed first step holds it."""
+    try:
+        return steps.text(-1)
+    except (OverflowError, ValueError):
+        return None  # a range starting at the first representable date
+
+
+def window_job(job: Job, window: Window) -> Job:
+    """``job`` narrowed to the window's steps that have not landed; indexes count the window."""
+    date_range = job.date_range
+    assert date_range is not None, "an incremental job has a range"
+    todo = sum(1 for value in window.steps() if value not in window.landed)
+
+    def plan() -> Iterator[PlannedItem]:
+        for position, value in enumerate(window.steps()):
+            if value not in window.landed:
+                yield PlannedItem(position, _params(date_range, value))
+
+    return Job(
+        api=job.api,
+        options=job.options,
+        request_id=job.request_id,
+        requested=todo,
+        plan=plan,
+        date_range=date_range,
+    )
+
+
+def _params(date_range: DateRange, value: str) -> dict[str, Any]:
+    # Items must not share list objects: one consumer editing its params would edit all.
+    extra = date_range.extra_params.items()
+    return {
+        **{name: list(v) if isinstance(v, list) else v for name, v in extra},
+        date_range.param: value,
+    }
+
+
 @dataclass(slots=True)
-class PrefixTracker:
-    """Follows the end of the unbroken run of succeeded items from the first index.
+class LandedSteps:
+    """The steps of this run that landed (an engine ``on_item`` callback)."""
 
-    Items finish out of order; successes past the first gap are never kept, so
-    memory is bounded by the items finishing ahead of a slow one.
-    """
-
-    next_index: int
     param: str
-    last_value: str | None = None
-    gap: int | None = None  # the lowest index that did not succeed
-    _ahead: dict[int, str] = field(default_factory=dict)
+    values: set[str] = field(default_factory=set)
 
     def on_item(self, result: ItemResult) -> None:
-        """Record one item's outcome (an engine ``on_item`` callback)."""
-        if self.gap is not None and result.index >= self.gap:
-            return
-        if not result.succeeded:
-            self.gap = result.index
-            self._ahead = {i: v for i, v in self._ahead.items() if i < result.index}
-            return
-        self._ahead[result.index] = str(result.params[self.param])
-        while self.next_index in self._ahead:
-            self.last_value = self._ahead.pop(self.next_index)
-            self.next_index += 1
+        """Record one item's outcome."""
+        if result.succeeded:
+            self.values.add(str(result.params[self.param]))
+
+
+# ------------------------------------------------------------------- the clock
+
+
+@dataclass(frozen=True, slots=True)
+class StateClock:
+    """When the state must be read and written by, and the engine's own deadline."""
+
+    run_deadline: float | None  # handed to the engine: half a margin before the run's
+    read_by: float | None  # the engine stops starting items then: a later read is useless
+    write_by: float | None  # the engine's own "finish by" bound (a deadline's last eighth)
+    max_attempts: int
+
+    @classmethod
+    def for_run(cls, deadline: float | None, options: Options) -> StateClock:
+        """The bounds of a run whose deadline is ``deadline`` (``time.monotonic``)."""
+        if deadline is None:
+            return cls(None, None, None, options.s3_max_attempts)
+        margin = options.deadline_margin_s
+        run_deadline = deadline - margin * ADVANCE_SHARE_OF_MARGIN
+        return cls(
+            run_deadline, run_deadline - margin, deadline - margin / 8, options.s3_max_attempts
+        )
+
+    async def within(self, until: float | None, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` with S3 retries that start no attempt after ``until``, cut there.
+
+        Raises:
+            TimeoutError: ``until`` passed first.
+        """
+        left = None if until is None else max(0.0, until - time.monotonic())
+        retry = S3Retry(max_attempts=self.max_attempts, deadline=until or float("inf"))
+        with write_scope(retry):
+            try:
+                async with asyncio.timeout(left):
+                    return await call()
+            except StateError as exc:
+                stats = retry.stats
+                if stats.retries and stats.most_attempts < self.max_attempts:
+                    # Retried, then stopped short of s3_max_attempts: the clock stopped it.
+                    raise StateError(f"{exc} (S3 retries stop before the deadline)") from exc
+                raise
+
+
+# --------------------------------------------------------------------- the run
 
 
 async def run_incremental(
-    job: Job, store: StateStore, run: RunFn, *, on_plan: Callable[[Job], None] | None = None
+    job: Job,
+    store: StateStore,
+    run: RunFn,
+    *,
+    deadline: float | None = None,
+    on_plan: Callable[[Job], None] | None = None,
 ) -> RunOutcome:
-    """Run the part of ``job``'s range after the watermark, then advance it.
+    """Run the steps of ``job``'s range that have not landed, then record what did.
 
     ``on_plan`` is told the job that will actually run (a progress display's
-    total) before it starts, or an empty one when there is nothing new.
-    The result gains an ``incremental`` block: the state object, the watermark
-    before and after, the first date fetched, and whether there was nothing new.
+    total) before it starts. The result gains an ``incremental`` block: the state
+    object, the watermark before and after, the first date fetched, how many
+    steps of the window had landed already, how many are still behind, and
+    ``state_error`` when the state could not be written.
 
     Raises:
-        StateError: the state object is unreadable or malformed (before any
-            request), or the advance could not be written.
+        StateError: the state object is unreadable or malformed, or could not be
+            read before the deadline (before any request).
     """
     date_range = job.date_range
     if date_range is None:
         raise ValueError("an incremental run needs a date_range job")
-    where = store.describe()
-    before, skip = await _resume_point(job, store)
-    if skip >= job.requested:
-        if on_plan is not None:
-            on_plan(dataclasses.replace(job, requested=0, plan=lambda: iter(())))
-        log.info("nothing new: the watermark %s covers the range", before, extra={"state": where})
-        return _nothing_new(job, _info(where, before, before, first=None))
-    todo = skip_items(job, skip) if skip else job
+    clock = StateClock.for_run(deadline, job.options)
+    state = await _read(store, clock, date_range.format)
+    window = plan_window(date_range, state, job.options.max_catch_up)
+    todo = window_job(job, window)
     if on_plan is not None:
         on_plan(todo)
-    first = next(todo.items()).params[date_range.param]
-    tracker = PrefixTracker(todo.index_offset, date_range.param)
-    outcome = await run(todo, tracker.on_item)
-    after = before
-    if tracker.last_value is not None:
-        stored, _ = await advance(
-            store, tracker.last_value, fmt=date_range.format, request_id=job.request_id
-        )
-        after = stored.watermark
-    info = _info(where, before, after, first=str(first))
-    return dataclasses.replace(outcome, result={**outcome.result, "incremental": info})
-
-
-async def _resume_point(job: Job, store: StateStore) -> tuple[str | None, int]:
-    """The watermark read, and how many leading items of the range it covers."""
-    date_range = job.date_range
-    assert date_range is not None, "checked by the caller"
-    current = await store.read()
-    if current is None:
-        return None, 0
-    before = current.state.watermark
-    check_watermark(before, date_range.format, store.describe())
-    skip = covered_count(
-        date_range.start,
-        date_range.end,
-        step=date_range.step,
-        fmt=date_range.format,
-        watermark=before,
-    )
-    return before, skip
-
-
-def _info(
-    where: str, before: str | None, after: str | None, *, first: str | None
-) -> dict[str, Any]:
-    return {
-        "state": where,
-        "watermark_before": before,
-        "watermark_after": after,
-        "first_date": first,
-        "nothing_new": first is None,
+    landed = LandedSteps(date_range.param)
+    if todo.requested:
+        outcome = await run(todo, landed.on_item, clock.run_deadline)
+    else:
+        log.info("nothing new", extra={"state": store.describe()})
+        outcome = _nothing_new(job)
+    after, error = state, None
+    if window.size:
+        after, error = await _advance(store, clock, window, landed, job)
+    info = {
+        "state": store.describe(),
+        "watermark_before": state.watermark if state is not None else None,
+        "watermark_after": after.watermark if after is not None else None,
+        "first_date": next((str(i.params[date_range.param]) for i in todo.items()), None),
+        "nothing_new": todo.requested == 0,
+        "already_landed": window.size - todo.requested,
+        "steps_behind": _behind(window, landed),
+        "state_error": error,
     }
+    return RunOutcome(
+        {**outcome.result, "incremental": info}, outcome.manifest_uri, outcome.latencies_ms
+    )
 
 
-def _nothing_new(job: Job, info: dict[str, Any]) -> RunOutcome:
+async def _read(store: StateStore, clock: StateClock, fmt: str) -> Watermark | None:
+    try:
+        current = await clock.within(clock.read_by, store.read)
+    except TimeoutError:
+        raise StateError(
+            f"could not read state object {store.describe()} before the deadline:"
+            " nothing was fetched"
+        ) from None
+    if current is None:
+        return None
+    check_state(current.state, fmt, store.describe())
+    return current.state
+
+
+async def _advance(
+    store: StateStore, clock: StateClock, window: Window, landed: LandedSteps, job: Job
+) -> tuple[Watermark | None, str | None]:
+    """The state after recording ``landed``, and why it could not be written (or None)."""
+    date_range = job.date_range
+    assert date_range is not None
+    progress = Progress(window.anchor, window.steps, landed.values)
+
+    async def record() -> tuple[Watermark | None, bool]:
+        return await advance(store, progress, fmt=date_range.format, request_id=job.request_id)
+
+    try:
+        stored, _ = await clock.within(clock.write_by, record)
+    except TimeoutError:
+        error = "not written: S3 did not answer before the deadline"
+    except StateError as exc:
+        error = f"not written: {exc}"
+    else:
+        return stored, None
+    # The state keeps what it had: the next run fetches these steps again, onto their keys.
+    log.error("could not advance the state", extra={"state": store.describe(), "error": error})
+    return None, error[:300]
+
+
+def _behind(window: Window, landed: LandedSteps) -> int:
+    """Steps of the range, up to ``end``, that have not landed after this run."""
+    done = window.landed | landed.values
+    return sum(1 for value in window.steps() if value not in done) + window.beyond
+
+
+def _nothing_new(job: Job) -> RunOutcome:
     tally = Tally(requested=0)
     try:
         result = tally.to_result(
@@ -177,4 +332,4 @@ def _nothing_new(job: Job, info: dict[str, Any]) -> RunOutcome:
         )
     finally:
         tally.close()
-    return RunOutcome({**result, "incremental": info}, None, [])
+    return RunOutcome(result, None, [])

@@ -26,7 +26,6 @@ from ingest_core.planner import (
     expand_date_range,
     parse_value,
     resolve_relative,
-    value_at,
 )
 
 STATE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -108,12 +107,6 @@ class DateRange(BaseModel):
     def count(self) -> int:
         """How many items the range expands to."""
         return count_date_range(self.start, self.end, step=self.step)
-
-    def skipping(self, k: int) -> DateRange:
-        """The same range without its first ``k`` items (``0 < k < count()``)."""
-        return self.model_copy(
-            update={"start": value_at(self.start, self.end, step=self.step, k=k)}
-        )
 
 
 def format_problems(date_range: DateRange) -> list[tuple[str, str]]:

@@ -558,11 +558,17 @@ def _report_incremental(info: dict[str, Any], job: Job) -> None:
     before, after = info["watermark_before"], info["watermark_after"]
     if info["nothing_new"]:
         end = job.date_range.end if job.date_range else "?"
-        print(f"nothing new: the watermark {before} already covers the range (to {end})")
+        print(f"nothing new: every step up to {end} has landed (watermark {before})")
+    elif info["state_error"] is not None:
+        print(f"watermark: stays at {before or '(none)'}: the state was {info['state_error']}")
     elif after == before:
         print(f"watermark: stays at {before or '(none)'} (the first date fetched did not land)")
     else:
         print(f"watermark: {before or '(none)'} -> {after}")
+    if info["already_landed"]:
+        print(f"already landed, not fetched again: {info['already_landed']:,} steps")
+    if info["steps_behind"]:
+        print(f"still behind: {info['steps_behind']:,} steps (the next run fetches them)")
     print(f"state: {info['state']}")
 
 

@@ -27,7 +27,7 @@ from ingest_core.state import (
     LocalStateStore,
     S3StateStore,
     StateStore,
-    check_watermark,
+    check_state,
     default_state_key,
     overwrite,
     state_object_key,
@@ -123,10 +123,11 @@ async def _act(args: argparse.Namespace) -> dict[str, Any]:
         current = await store.read()
         if current is None:
             return {"state": where, "watermark": None}
-        check_watermark(current.state.watermark, args.format, where)
+        check_state(current.state, args.format, where)
         return {
             "state": where,
             "watermark": current.state.watermark,
+            "landed": list(current.state.landed),
             "updated_at": current.state.updated_at,
             "request_id": current.state.request_id,
         }

@@ -19,7 +19,14 @@ from ingest_core import StateError, parse_event
 from ingest_core.errors import StateConflict
 from ingest_core.netguard import NetPolicy
 from ingest_core.runtime import execute
-from ingest_core.state import S3StateStore, Versioned, Watermark, advance, default_state_key
+from ingest_core.state import (
+    Progress,
+    S3StateStore,
+    Versioned,
+    Watermark,
+    advance,
+    default_state_key,
+)
 from tests.conftest import RAW_BUCKET
 from tests.support.lambda_context import LocalContext
 from tests.support.servers import MotoS3, Response, ScriptedAPI
@@ -45,6 +52,10 @@ def state_key_for(url: str) -> str:
     return f"{SOURCE}/_state/{default_state_key(f'{url}/v1/data', 'date', '1d', {})}.json"
 
 
+def state_in(s3: MotoS3, url: str) -> dict[str, Any]:
+    return dict(json.loads(s3.get_bytes(RAW_BUCKET, state_key_for(url))))
+
+
 def watermark_in(s3: MotoS3, url: str) -> str:
     return str(json.loads(s3.get_bytes(RAW_BUCKET, state_key_for(url)))["watermark"])
 
@@ -54,27 +65,34 @@ def hits_since(api: ScriptedAPI, before: Counter[str]) -> Counter[str]:
     return Counter({date: now[date] - before[date] for date in now if now[date] > before[date]})
 
 
-def test_a_failing_day_holds_the_watermark_until_it_recovers(s3: MotoS3, api_server: Any) -> None:
+def test_a_failing_day_holds_the_watermark_and_only_it_is_fetched_again(
+    s3: MotoS3, api_server: Any
+) -> None:
     # GIVEN ten days of which the fifth fails
     api = ScriptedAPI({jan(5): Response(status=500)})
     server = api_server(api)
     event = incremental_event(server.url, jan(1), jan(10))
     # WHEN the first incremental run goes
     first = lambda_handler(event, LocalContext(request_id="run-1"))
-    # THEN the watermark stops the day before the failure, though later days landed
+    # THEN the watermark stops the day before the failure; the days after it are listed
     assert (first["succeeded"], first["failed"]) == (9, 1)
     assert first["incremental"]["watermark_before"] is None
     assert first["incremental"]["watermark_after"] == jan(4) == watermark_in(s3, server.url)
+    assert first["incremental"]["steps_behind"] == 1
+    assert state_in(s3, server.url)["landed"] == [jan(d) for d in range(6, 11)]
     # WHEN the day recovers and the next run goes
     api.set_script(jan(5), Response())
     seen = api.hits
     second = lambda_handler(event, LocalContext(request_id="run-2"))
-    # THEN it starts at the failed day, fetching nothing before it, and catches up
-    assert hits_since(api, seen) == Counter({jan(d): 1 for d in range(5, 11)})
-    assert second["requested"] == 6 and second["status"] == "SUCCESS"
+    # THEN it fetches the failed day only: a landed day is never fetched again
+    assert hits_since(api, seen) == Counter({jan(5): 1})
+    assert second["requested"] == 1 and second["status"] == "SUCCESS"
     assert second["incremental"]["first_date"] == jan(5)
+    assert second["incremental"]["already_landed"] == 5
+    assert second["incremental"]["steps_behind"] == 0
     assert watermark_in(s3, server.url) == jan(10)
-    # AND each day has one object, named by the day: a re-fetch overwrote it
+    assert state_in(s3, server.url)["landed"] == []
+    # AND each day has one object, named by the day
     days = [k for k in s3.list_keys(RAW_BUCKET, prefix=f"{SOURCE}/") if "/_" not in k]
     assert days == [f"{SOURCE}/{jan(d)}.json" for d in range(1, 11)]
 
@@ -175,7 +193,15 @@ class _Interleaved(S3StateStore):
                 self._first_done.set()
 
 
-async def _race(s3: MotoS3, first: str, second: str) -> tuple[str, _Interleaved]:
+def proved(anchor: str | None, until: str) -> Progress:
+    """A run over Jan 1-10 after ``anchor`` whose days landed up to ``until``."""
+    days = [jan(d) for d in range(1, 11) if anchor is None or jan(d) > anchor]
+    return Progress(anchor or "2024-12-31", lambda: iter(days), {d for d in days if d <= until})
+
+
+async def _race(
+    s3: MotoS3, first: str, second: str, anchor: str | None
+) -> tuple[str, _Interleaved]:
     from ingest_core.runtime import aws_session
 
     key = f"{SOURCE}/_state/race.json"
@@ -186,7 +212,8 @@ async def _race(s3: MotoS3, first: str, second: str) -> tuple[str, _Interleaved]
         a.is_first = True
         fmt = "%Y-%m-%d"
         await asyncio.gather(
-            advance(a, first, fmt=fmt, request_id="a"), advance(b, second, fmt=fmt, request_id="b")
+            advance(a, proved(anchor, first), fmt=fmt, request_id="a"),
+            advance(b, proved(anchor, second), fmt=fmt, request_id="b"),
         )
     return str(json.loads(s3.get_bytes(RAW_BUCKET, key))["watermark"]), b
 
@@ -201,7 +228,7 @@ def test_two_runs_racing_on_s3_end_at_the_later_watermark(
         body = Watermark(existing, "t", "old").to_json()
         s3.client().put_object(Bucket=RAW_BUCKET, Key=f"{SOURCE}/_state/race.json", Body=body)
     # WHEN two runs read the same state and both try to advance it, one after the other
-    final, loser = asyncio.run(_race(s3, first, second))
+    final, loser = asyncio.run(_race(s3, first, second, existing))
     # THEN moto refused the second write (412), which re-read and kept the later date
     assert loser.conflicts == 1
     assert final == max(first, second)
@@ -252,3 +279,43 @@ def test_the_documented_schedule_event_never_writes_a_day_twice(
     assert (first["failed"], second["status"]) == (1, "SUCCESS")
     assert day_keys(s3) == [f"{SOURCE}/{jan(d)}.json" for d in range(1, 6)]
     assert watermark_in(s3, server.url) == jan(5)
+
+
+def test_a_later_start_catches_up_from_the_watermark_and_skips_no_day(
+    s3: MotoS3, api_server: Any
+) -> None:
+    # GIVEN a watermark at Jan 3, then a week without runs
+    api = ScriptedAPI()
+    server = api_server(api)
+    lambda_handler(incremental_event(server.url, jan(1), jan(3)), LocalContext(request_id="r1"))
+    seen = api.hits
+    # WHEN the next run's sliding start is Jan 8 (a "today-3d" a week later)
+    result = lambda_handler(
+        incremental_event(server.url, jan(8), jan(10)), LocalContext(request_id="r2")
+    )
+    # THEN it covers from the day after the watermark: Jan 4-7 are not skipped
+    assert hits_since(api, seen) == Counter({jan(d): 1 for d in range(4, 11)})
+    assert result["incremental"]["first_date"] == jan(4)
+    assert result["incremental"]["steps_behind"] == 0
+    assert watermark_in(s3, server.url) == jan(10)
+
+
+def test_max_catch_up_bounds_a_run_oldest_first_and_says_what_is_behind(
+    s3: MotoS3, api_server: Any
+) -> None:
+    # GIVEN a watermark at Jan 3 and a run over Jan 8-10 allowed 4 steps
+    api = ScriptedAPI()
+    server = api_server(api)
+    lambda_handler(incremental_event(server.url, jan(1), jan(3)), LocalContext(request_id="r1"))
+    event = incremental_event(server.url, jan(8), jan(10))
+    event["options"]["max_catch_up"] = 4
+    seen = api.hits
+    # WHEN it runs THEN it fetches the 4 oldest missing days and says 3 are still behind
+    first = lambda_handler(event, LocalContext(request_id="r2"))
+    assert hits_since(api, seen) == Counter({jan(d): 1 for d in range(4, 8)})
+    assert (first["incremental"]["steps_behind"], watermark_in(s3, server.url)) == (3, jan(7))
+    # WHEN it runs again THEN the rest, and nothing is behind
+    seen = api.hits
+    second = lambda_handler(event, LocalContext(request_id="r3"))
+    assert hits_since(api, seen) == Counter({jan(d): 1 for d in range(8, 11)})
+    assert (second["incremental"]["steps_behind"], watermark_in(s3, server.url)) == (0, jan(10))

@@ -72,18 +72,19 @@ def test_daily_incremental_backfill_over_a_month_end(
     assert main(args) == 1
     assert api.hits == Counter({feb(d): 1 for d in range(24, 29)})
     assert "watermark: (none) -> 2025-02-25" in capsys.readouterr().out
-    # WHEN it runs again THEN it starts at the 26th: nothing before it is fetched again
+    # WHEN it runs again THEN it fetches the 26th only: every other day has landed
     assert main([*args, "--progress", "plain"]) == 0
-    assert api.hits == Counter({feb(24): 1, feb(25): 1, feb(26): 2, feb(27): 2, feb(28): 2})
+    assert api.hits == Counter({feb(24): 1, feb(25): 1, feb(26): 2, feb(27): 1, feb(28): 1})
     out, err = capsys.readouterr()
     assert "watermark: 2025-02-25 -> 2025-02-28" in out
-    # AND its progress counts the 3 days after the watermark, not the 5 of the range
-    assert "backfill: 3 items after the watermark" in err
-    assert "backfill: 3/3 (100.0%)" in err
+    assert "already landed, not fetched again: 2 steps" in out
+    # AND its progress counts the one day it fetches, not the 5 of the range
+    assert "backfill: 1 items after the watermark" in err
+    assert "backfill: 1/1 (100.0%)" in err
     # WHEN it runs a third time the same day THEN nothing new, and no request
     assert main(args) == 0
-    assert sum(api.hits.values()) == 8
-    assert "nothing new: the watermark 2025-02-28" in capsys.readouterr().out
+    assert sum(api.hits.values()) == 6
+    assert "nothing new: every step up to 2025-02-28 has landed" in capsys.readouterr().out
     # AND each day has one object, named by its date (not the run, not the words)
     keys = sorted(p.name for p in (tmp_path / "lake" / "weather").glob("*.json"))
     assert keys == [f"{feb(d)}.json" for d in range(24, 29)]
