@@ -29,6 +29,7 @@ from ingest_core import (
     resolve_secret_headers,
 )
 from ingest_core.observability import publish_metrics, summary
+from ingest_core.redact import scrub_exception, scrub_value
 from ingest_core.runtime import S3ClientPool, execute
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "fanout-ingest")
@@ -64,6 +65,14 @@ def _close() -> None:  # pragma: no cover - runs at interpreter exit
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Ingest one event; returns the result of CONTRACT §6 or raises ``IngestError``."""
     try:
+        return _ingest(event, context)
+    except Exception as exc:
+        scrub_exception(exc)  # the runtime prints it and Step Functions keeps it
+        raise
+
+
+def _ingest(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    try:
         job = parse_event(event, default_request_id=getattr(context, "aws_request_id", None))
     except InvalidEventError:
         metrics.add_metric(name="invalid_events", unit=MetricUnit.Count, value=1)
@@ -76,8 +85,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     except StateError:  # an incremental run's watermark is unusable: say so, never reset it
         metrics.add_metric(name="state_errors", unit=MetricUnit.Count, value=1)
         raise
-    publish_metrics(metrics, outcome.result, outcome.latencies_ms)
-    logger.info("ingest summary", extra=summary(outcome.result))
-    if job.options.fail_on_error and outcome.result["status"] != "SUCCESS":
-        raise PartialFailureError(outcome.result)
-    return outcome.result
+    result = scrub_value(outcome.result)  # what leaves for Step Functions (and below)
+    publish_metrics(metrics, result, outcome.latencies_ms)
+    logger.info("ingest summary", extra=summary(result))
+    if job.options.fail_on_error and result["status"] != "SUCCESS":
+        raise PartialFailureError(result)
+    return result

@@ -1,12 +1,16 @@
 """Logs and metrics of one invocation (CONTRACT §9), from its result.
 
 No header value ever reaches these: the result carries none, by construction.
+Both pass registered secrets through the scrubber anyway: EMF metrics are
+printed to stdout by Powertools, past the logging hook of ``ingest_core.redact``.
 """
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
+
+from ingest_core.redact import scrub, scrub_value
 
 SUMMARY_FIELDS = (
     "status",
@@ -33,14 +37,14 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     for failure in result.get("failures", []):
         kinds[failure["kind"]] = kinds.get(failure["kind"], 0) + 1
     line["failure_kinds"] = kinds
-    return line
+    return scrub_value(line)
 
 
 def publish_metrics(metrics: Any, result: dict[str, Any], latencies_ms: list[int]) -> None:
     """Record EMF metrics on a Powertools ``Metrics`` (dimension ``source_id``)."""
     from aws_lambda_powertools.metrics import MetricUnit
 
-    metrics.add_dimension(name="source_id", value=str(result["source_id"]))
+    metrics.add_dimension(name="source_id", value=scrub(str(result["source_id"])))
     for name in ("succeeded", "failed", "not_attempted", "retries", "throttled"):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=result[name])
     metrics.add_metric(name="bytes", unit=MetricUnit.Bytes, value=result["bytes_written"])

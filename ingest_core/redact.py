@@ -40,13 +40,17 @@ would no longer match.
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import logging
 import re
+import sys
 import threading
 import traceback
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any, TypeVar, cast
 
 import idna
 
@@ -56,6 +60,7 @@ MAX_SECRETS = 256
 _MAX_DEPTH = 16  # a result's failures[].params[...] lists sit 5 deep
 # "Bearer abc", "Basic abc", "Token abc": a server may echo the credentials alone.
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]* +(?=\S)")
+_T = TypeVar("_T")
 _ALNUM_RUN_RE = re.compile(r"[A-Za-z0-9]+")
 # How JSON and Python's reprs spell these characters besides \\uXXXX / \\xNN.
 _ESCAPES = {
@@ -211,19 +216,22 @@ def contains_secret(text: str) -> bool:
     return any(form.anchor in folded and form.pattern.search(text) for form in forms)
 
 
-def scrub_value(value: Any, _depth: int = 0) -> Any:
-    """``scrub`` applied to the strings inside ``value`` (dicts, lists, tuples)."""
+def scrub_value(value: _T, _depth: int = 0) -> _T:
+    """``scrub`` applied to the strings inside ``value`` (dicts, their keys, lists, tuples)."""
+    return cast(_T, _scrubbed(value, _depth))
+
+
+def _scrubbed(value: Any, depth: int) -> Any:
     if isinstance(value, str):
         return scrub(value)
-    if _depth >= _MAX_DEPTH:
+    if depth >= _MAX_DEPTH:
         return value
     if isinstance(value, dict):
         return {
-            scrub(k) if isinstance(k, str) else k: scrub_value(v, _depth + 1)
-            for k, v in value.items()
+            scrub(k) if isinstance(k, str) else k: _scrubbed(v, depth + 1) for k, v in value.items()
         }
-    if isinstance(value, list | tuple):
-        return type(value)(scrub_value(v, _depth + 1) for v in value)
+    if type(value) in (list, tuple):  # not a named tuple: its constructor differs
+        return type(value)(_scrubbed(v, depth + 1) for v in value)
     return value
 
 
@@ -285,3 +293,62 @@ def _install_record_hook() -> None:
 
         logging.Logger.makeRecord = make_record  # type: ignore[method-assign]
         _hook_installed = True
+
+
+def scrub_exception(exc: BaseException) -> BaseException:
+    """``exc`` made safe to leave the process: its text scrubbed, a chain holding a secret cut.
+
+    For an exception about to escape (a handler, the CLI): its type is kept, so
+    callers that catch by type (Step Functions' ``Catch``) still can; its args
+    are scrubbed in place, and when what caused it quotes a secret (an aiohttp
+    error quoting the request URL), the cause is dropped from the chain.
+    """
+    exc.args = tuple(scrub(arg) if isinstance(arg, str) else arg for arg in exc.args)
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None and contains_secret("".join(traceback.format_exception(cause))):
+        exc.__cause__ = None
+        exc.__suppress_context__ = True
+    return exc
+
+
+class ScrubbingStream(io.TextIOBase):
+    """A text stream that scrubs every write before passing it on (the CLI's stdout, stderr).
+
+    Each ``write`` is scrubbed whole: ``print`` and rich write a line or a
+    table at a time, so a secret is never split across two writes.
+    """
+
+    def __init__(self, inner: IO[str]) -> None:
+        self.inner = inner
+
+    def write(self, text: str) -> int:
+        self.inner.write(scrub(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def isatty(self) -> bool:
+        return self.inner.isatty()
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.inner, "encoding", "utf-8")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@contextlib.contextmanager
+def scrubbed_stdio() -> Iterator[None]:
+    """``sys.stdout`` and ``sys.stderr`` scrubbed for the duration (restored after)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout = ScrubbingStream(saved[0])
+    sys.stderr = ScrubbingStream(saved[1])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved

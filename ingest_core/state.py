@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from ingest_core.errors import StateConflict, StateError
 from ingest_core.planner import parse_value
+from ingest_core.redact import scrub_value
 from ingest_core.writers import with_s3_retries
 
 STATE_FOLDER = "_state"
@@ -69,7 +70,7 @@ class Watermark:
             "updated_at": self.updated_at,
             "request_id": self.request_id,
         }
-        return json.dumps(body, indent=2).encode() + b"\n"
+        return json.dumps(scrub_value(body), indent=2).encode() + b"\n"  # it leaves the process
 
 
 @dataclass(frozen=True, slots=True)

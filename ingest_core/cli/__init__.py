@@ -26,6 +26,7 @@ from ingest_core.cli.common import (
     report_usage_error,
 )
 from ingest_core.errors import StateError
+from ingest_core.redact import scrub_exception, scrubbed_stdio
 
 COMMANDS: dict[str, Command] = {
     command.name: command
@@ -86,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     command: Command = args._command
+    # Everything a command prints passes the scrubber (docs/RELIABILITY.md, security model).
+    with scrubbed_stdio():
+        return _run(command, args)
+
+
+def _run(command: Command, args: argparse.Namespace) -> int:
     try:
         return command.run(args)
     except UsageError as exc:
@@ -96,3 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\n{PROG} {command.name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        scrub_exception(exc)  # Python prints it after stdio is restored: scrub it first
+        raise

@@ -31,6 +31,7 @@ from typing import IO, Any
 import orjson
 
 from ingest_core.cli.common import UsageError
+from ingest_core.redact import scrub_value
 from ingest_core.results import ItemResult
 
 REDRIVE_MARK = "fanout_ingest_redrive"
@@ -51,7 +52,7 @@ class RedriveContext:
 
     def header_line(self) -> bytes:
         """The first line of the file."""
-        return orjson.dumps({REDRIVE_MARK: REDRIVE_VERSION, **asdict(self)}) + b"\n"
+        return orjson.dumps(scrub_value({REDRIVE_MARK: REDRIVE_VERSION, **asdict(self)})) + b"\n"
 
     @classmethod
     def from_header(cls, header: Any, path: Path) -> RedriveContext:
@@ -110,7 +111,8 @@ class RedriveWriter:
             "http_status": result.http_status,
             "error": result.error,
         }
-        self._file.write(orjson.dumps(line) + b"\n")
+        # The engine scrubbed the result already; the file is an edge of its own.
+        self._file.write(orjson.dumps(scrub_value(line)) + b"\n")
         self.count += 1
 
     def finish(self) -> Path | None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import sys
 import traceback
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -14,8 +16,17 @@ import orjson
 import pytest
 from yarl import URL
 
+from ingest_core.cli.redrive import RedriveContext, RedriveWriter
 from ingest_core.errors import FailureKind, PartialFailureError
-from ingest_core.redact import REDACTED, register_secret, scrub, scrub_value
+from ingest_core.observability import publish_metrics, summary
+from ingest_core.redact import (
+    REDACTED,
+    register_secret,
+    scrub,
+    scrub_exception,
+    scrub_value,
+    scrubbed_stdio,
+)
 from ingest_core.results import MAX_ERROR_TEXT, ItemResult, ItemStatus, Tally
 
 
@@ -147,3 +158,64 @@ def test_a_secret_is_scrubbed_before_a_text_is_cut() -> None:
     failed = ItemResult(0, {}, None, ItemStatus.FAILED, 1, kind=FailureKind.TIMEOUT, error=error)
     # WHEN it becomes a failure entry THEN not even the part before the cut is left
     assert token[:10] not in failed.scrubbed().failure_entry()["error"]
+
+
+def test_the_redrive_writer_scrubs_what_it_is_given(tmp_path: Path) -> None:
+    # GIVEN a re-drive writer and a failed item whose error was not scrubbed upstream
+    token = canary()
+    register_secret(token)
+    context = RedriveContext("r", "dest", "", {"endpoint": f"https://x/{token}"}, {})
+    writer = RedriveWriter(tmp_path / "redrive.jsonl", context)
+    error = f"echo {token.upper()}"
+    # WHEN it is handed to on_item and the file is finished
+    writer.on_item(ItemResult(0, {}, None, ItemStatus.FAILED, 1, FailureKind.TIMEOUT, error=error))
+    path = writer.finish()
+    # THEN neither the header nor the item line holds the token
+    assert path is not None and token not in path.read_text().lower()
+    assert REDACTED in path.read_text()
+
+
+def test_cli_stdio_and_escaping_exceptions_are_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a registered token
+    token = canary()
+    register_secret(token)
+    # WHEN text is printed to stdout and stderr inside scrubbed_stdio
+    with scrubbed_stdio():
+        print(f"summary {token}")
+        print(orjson.dumps({"error": token.upper()}).decode(), file=sys.stderr)
+    out, err = capsys.readouterr()
+    # THEN neither stream shows it
+    assert token not in out and token.upper() not in err and REDACTED in out + err
+    # AND an exception about to escape has its text scrubbed and a leaking cause cut
+    try:
+        try:
+            raise OSError(f"connect to https://x/?k={token}")
+        except OSError as cause:
+            raise RuntimeError(f"run failed: {token}") from cause
+    except RuntimeError as exc:
+        text = "".join(traceback.format_exception(scrub_exception(exc)))
+    assert token not in text and "run failed" in text
+
+
+def test_metrics_and_the_summary_line_are_scrubbed() -> None:
+    # GIVEN a result whose source_id and failure kinds happen to spell a registered value
+    token = canary()
+    register_secret(token)
+    result = {"source_id": token, "failures": [{"kind": token}], "status": "FAILED"}
+    dimensions: dict[str, str] = {}
+
+    class Metrics:
+        def add_dimension(self, name: str, value: str) -> None:
+            dimensions[name] = value
+
+        def add_metric(self, **kwargs: Any) -> None:
+            pass
+
+    full = {**result, "succeeded": 0, "failed": 1, "not_attempted": 0, "retries": 0}
+    full |= {"throttled": 0, "bytes_written": 0, "records_ingested": None}
+    # WHEN they are published and summarised
+    publish_metrics(Metrics(), full, [])
+    line = summary(result)
+    # THEN the token is in neither
+    assert token not in dimensions["source_id"]
+    assert token not in orjson.dumps(line).decode()
