@@ -170,6 +170,7 @@ class Tally:
     skipped: int = 0
     records: int | None = 0
     bytes_written: int = 0
+    bytes_received: int = 0  # response bodies as the API sent them, of the items written
     pages_written: int = 0
     retries: int = 0
     throttled: int = 0
@@ -203,6 +204,7 @@ class Tally:
             self.skipped += 1
             return
         self.bytes_written += result.stored_bytes
+        self.bytes_received += result.received_bytes
         self.pages_written += 1 if result.pages is None else result.pages
         self._sample_latency(result.latency_ms)
         if self.records is not None:
@@ -274,6 +276,7 @@ class Tally:
             "skipped_existing": self.skipped,
             "records_ingested": self.records,
             "bytes_written": self.bytes_written,
+            "bytes_received": self.bytes_received,
             "pages_written": self.pages_written,
             "retries": self.retries,
             "throttled": self.throttled,

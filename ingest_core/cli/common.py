@@ -36,6 +36,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 PLAIN_PROGRESS_INTERVAL_S = 2.0
 RICH_REFRESH_PER_S = 8
 MAX_FAILURES_SHOWN = 5
+# What "records" counts without --records-path (CONTRACT §6).
+RECORDS_RULE = "array elements, NDJSON lines, 1 per other JSON body; see --records-path"
 
 T = TypeVar("T")
 
@@ -636,27 +638,52 @@ def human_bytes(count: int) -> str:
     raise AssertionError("unreachable")
 
 
-def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+def summary_rows(
+    result: Mapping[str, Any], records_path: str | None = None
+) -> list[tuple[str, str]]:
     """The summary table's rows from a result dict (CONTRACT §6)."""
     duration_s = max(result["duration_ms"], 1) / 1000
     finished = result["succeeded"] + result["failed"]
     succeeded = f"{result['succeeded']:,}"
     if result.get("skipped_existing"):
         succeeded += f" ({result['skipped_existing']:,} already there)"
-    records = result.get("records_ingested")
     return [
         ("requested", f"{result['requested']:,}"),
         ("succeeded", succeeded),
         ("failed", f"{result['failed']:,}"),
         ("not attempted", f"{result['not_attempted']:,}"),
-        ("records", "unknown" if records is None else f"{records:,}"),
-        ("bytes", f"{human_bytes(result['bytes_written'])} ({result['bytes_written']:,})"),
+        ("records", _records_text(result.get("records_ingested"), records_path)),
+        *_body_bytes_row(result),
+        (
+            "stored bytes",
+            _bytes_text(result["bytes_written"], "as written (gzip counted compressed)"),
+        ),
         *_pages_row(result),
         ("retries", f"{result.get('retries', 0):,}"),
         *_throttled_row(result),
         ("duration", f"{duration_s:.2f} s"),
         ("items/s", f"{finished / duration_s:.1f}"),
     ]
+
+
+def _records_text(records: int | None, records_path: str | None) -> str:
+    """The count and the rule that counted it: "records" alone says nothing."""
+    if records is None:
+        return "unknown (a body was neither JSON nor NDJSON, or --records-path was not an array)"
+    if records_path:
+        return f"{records:,} (elements of {records_path})"
+    return f"{records:,} ({RECORDS_RULE})"
+
+
+def _body_bytes_row(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    received = result.get("bytes_received")
+    if received is None:
+        return []
+    return [("body bytes", _bytes_text(received, "as the API sent them"))]
+
+
+def _bytes_text(count: int, rule: str) -> str:
+    return f"{human_bytes(count)} ({count:,}) {rule}"
 
 
 def _throttled_row(result: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -685,19 +712,22 @@ def print_summary(
     title: str,
     stream: IO[str] | None = None,
     fancy: bool | None = None,
+    records_path: str | None = None,
 ) -> None:
-    """The summary table: rich on a terminal, aligned plain text otherwise."""
+    """The summary table (rich on a terminal, aligned plain text otherwise), then warnings."""
     out = stream or sys.stdout
-    rows = summary_rows(result)
+    rows = summary_rows(result, records_path)
     if fancy is None:
         fancy = out.isatty() and rich_available()
     if fancy:
         _print_rich_table(title, rows, out)
-        return
-    width = max(len(name) for name, _ in rows)
-    print(title, file=out)
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}", file=out)
+    else:
+        width = max(len(name) for name, _ in rows)
+        print(title, file=out)
+        for name, value in rows:
+            print(f"  {name:<{width}}  {value}", file=out)
+    for warning in result.get("warnings") or []:
+        print(f"warning: {warning['message']}", file=out)
 
 
 def _print_rich_table(title: str, rows: Sequence[tuple[str, str]], out: IO[str]) -> None:

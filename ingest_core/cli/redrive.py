@@ -22,6 +22,7 @@ created with mode 0600; secrets belong in ``--secret-header`` references.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 from dataclasses import asdict, dataclass
@@ -30,10 +31,17 @@ from typing import IO, Any
 
 import orjson
 
-from ingest_core.cli.common import UsageError
+from ingest_core.cli.common import PACK_FLAGS, UsageError, option_flag, options_from_args
 from ingest_core.redact import scrub_value
 from ingest_core.results import ItemResult
 
+# Options that decide what is stored or under which keys: a re-drive keeps the file's.
+SHAPE_OPTIONS = frozenset({"pack", "compress"})
+# Pagination fields that change how the run goes, not which requests are made.
+RUN_PAGINATION_FIELDS = frozenset({"max_pages", "parallel"})
+# api_config fields the request flags set, and their defaults when the file has none.
+REQUEST_DEFAULTS: dict[str, Any] = {"method": "GET", "params_in": "query"}
+KEEPS_KEYS = "re-driven items keep the keys and requests of the run that failed them"
 REDRIVE_MARK = "fanout_ingest_redrive"
 REDRIVE_VERSION = 1
 RETRY_FLAG = "--retry-from"
@@ -188,3 +196,161 @@ def _item(line: bytes, path: Path, number: int) -> dict[str, Any]:
     if not isinstance(item, dict) or not isinstance(item.get("index"), int) or "params" not in item:
         raise UsageError((RETRY_FLAG, f"{path} line {number} is not an item"))
     return {"index": item["index"], "params": item["params"]}
+
+
+# ----------------------------------------------------------- flags on a re-drive
+
+
+def redrive_event(
+    args: argparse.Namespace,
+    context: RedriveContext,
+    items: list[dict[str, Any]],
+    event_flags: tuple[str, ...],
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The ``Items`` event of a re-drive, with every flag either applied or refused.
+
+    The file carries the whole request shape (endpoint, params, headers, keys,
+    method, pagination, packing). A flag that would change it is refused with the
+    reason; a flag that only changes how the run goes (concurrency, timeouts,
+    retries, a higher ``--max-pages``, ``--no-parallel-pages``) is applied.
+
+    Returns:
+        The event and, for the log, each applied flag with its value.
+
+    Raises:
+        UsageError: naming every refused flag and why.
+    """
+    problems = _event_flag_problems(args, event_flags)
+    api_config, applied_api, api_problems = _request_shape(args, context.api_config)
+    options, applied_options, option_problems = _run_options(args, context.options)
+    problems += api_problems + option_problems
+    if problems:
+        raise UsageError(*problems)
+    event = {
+        "api_config": api_config,
+        "options": options,
+        "request_id": context.request_id,
+        "Items": items,
+    }
+    return event, tuple(applied_api + applied_options)
+
+
+def _given(value: Any) -> bool:
+    return value is not None and value is not False  # store_true flags default to False
+
+
+def _event_flag_problems(
+    args: argparse.Namespace, event_flags: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    reason = f"cannot be combined with {RETRY_FLAG}: the re-drive file carries it ({KEEPS_KEYS})"
+    given = [name for name in event_flags if _given(getattr(args, name, None))]
+    return [("--" + name.replace("_", "-"), reason) for name in given]
+
+
+def _request_shape(
+    args: argparse.Namespace, config: dict[str, Any]
+) -> tuple[dict[str, Any], list[str], list[tuple[str, str]]]:
+    from ingest_core.cli.request_flags import object_arg
+
+    config = dict(config)
+    problems: list[tuple[str, str]] = []
+    given: dict[str, tuple[str, Any]] = {}
+    if args.method is not None:
+        given["method"] = ("--method", args.method)
+    if args.params_in is not None:
+        given["params_in"] = ("--params-in", args.params_in)
+    if args.secret_param:
+        given["secret_params"] = ("--secret-param", dict(args.secret_param))
+    if args.auth is not None:
+        given["auth"] = ("--auth", object_arg(args.auth, "--auth"))
+    for name, (flag, value) in given.items():
+        carried = config.get(name, REQUEST_DEFAULTS.get(name))
+        if value != carried:
+            problems.append((flag, _changes(f"api_config.{name}", carried)))
+    pagination, applied, more = _pagination(args, config.get("pagination"))
+    if pagination is not None:
+        config["pagination"] = pagination
+    return config, applied, problems + more
+
+
+def _pagination(
+    args: argparse.Namespace, carried: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, list[str], list[tuple[str, str]]]:
+    from ingest_core.cli.request_flags import object_arg, pagination_fields, pagination_flag
+    from ingest_core.pagination import PaginationConfig
+
+    given = object_arg(args.pagination, "--pagination") if args.pagination else {}
+    flags = {name: "--pagination" for name in given}
+    fields = pagination_fields(args)
+    given.update(fields)
+    flags.update({name: pagination_flag(name) for name in fields})
+    if not given:
+        return carried, [], []
+    if carried is None:
+        reason = (
+            "the run that wrote the re-drive file was not paginated: paginating its items"
+            f" would write other keys ({KEEPS_KEYS})"
+        )
+        return None, [], [(flag, reason) for flag in dict.fromkeys(flags.values())]
+    merged, applied, problems = dict(carried), [], []
+    for name, value in given.items():
+        default = PaginationConfig.model_fields[name].default if name != "type" else None
+        was = carried.get(name, default)
+        if value == was:
+            continue
+        if name == "max_pages" and isinstance(value, int) and isinstance(was, int) and value < was:
+            problems.append((flags[name], f"lower than the re-drive file's max_pages ({was})"))
+        elif name in RUN_PAGINATION_FIELDS:
+            merged[name] = value
+            applied.append(f"{flags[name]} {value}" if name == "max_pages" else flags[name])
+        else:
+            problems.append((flags[name], _changes(f"api_config.pagination.{name}", was)))
+    return merged, applied, problems
+
+
+def _run_options(
+    args: argparse.Namespace, carried: dict[str, Any]
+) -> tuple[dict[str, Any], list[str], list[tuple[str, str]]]:
+    from ingest_core.cli.common import load_json_object
+
+    from_file = load_json_object(args.options, "--options") if args.options else {}
+    given = options_from_args(args, from_file)
+    options, applied, problems = dict(carried), [], []
+    for name, value in given.items():
+        was = carried.get(name)
+        if value == was:
+            continue
+        if name in SHAPE_OPTIONS:
+            problems.extend(_shape_option_problems(name, value, was, from_file))
+            continue
+        options[name] = value
+        applied.append(_option_text(name, value, from_file))
+    return options, applied, problems
+
+
+def _shape_option_problems(
+    name: str, value: Any, was: Any, from_file: dict[str, Any]
+) -> list[tuple[str, str]]:
+    if name == "compress":
+        flag = "--options (compress)" if "compress" in from_file else option_flag(name)
+        return [(flag, _changes("options.compress", was or False))]
+    carried = was if isinstance(was, dict) else {}
+    changed = [field for field, v in value.items() if carried.get(field) != v]
+    if "pack" in from_file:
+        return [("--options (pack)", _changes("options.pack", was))]
+    return [
+        (PACK_FLAGS.get(field, "--pack"), _changes(f"options.pack.{field}", carried.get(field)))
+        for field in changed
+    ]
+
+
+def _option_text(name: str, value: Any, from_file: dict[str, Any]) -> str:
+    if name in from_file:
+        return f"--options ({name}: {value!r})"
+    flag = option_flag(name)
+    return flag if isinstance(value, bool) else f"{flag} {value}"
+
+
+def _changes(field: str, carried: Any) -> str:
+    shown = "not set" if carried is None else orjson.dumps(carried).decode()
+    return f"would change {field}, which the re-drive file carries ({shown}); {KEEPS_KEYS}"

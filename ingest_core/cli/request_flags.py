@@ -106,8 +106,8 @@ def request_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def _pagination(args: argparse.Namespace) -> dict[str, Any] | None:
-    base = object_arg(args.pagination, "--pagination") if args.pagination else None
+def pagination_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The pagination fields the field flags and ``--paginate`` give (type not required)."""
     fields = {
         field: getattr(args, f"page_{field}")
         for field in PAGINATION_FIELD_FLAGS
@@ -117,6 +117,21 @@ def _pagination(args: argparse.Namespace) -> dict[str, Any] | None:
         fields["parallel"] = False
     if args.paginate is not None:
         fields["type"] = args.paginate
+    return fields
+
+
+def pagination_flag(field: str) -> str:
+    """The flag that sets pagination field ``field``."""
+    if field == "type":
+        return "--paginate"
+    if field == "parallel":
+        return "--no-parallel-pages"
+    return PAGINATION_FIELD_FLAGS[field][0] if field in PAGINATION_FIELD_FLAGS else "--pagination"
+
+
+def _pagination(args: argparse.Namespace) -> dict[str, Any] | None:
+    base = object_arg(args.pagination, "--pagination") if args.pagination else None
+    fields = pagination_fields(args)
     if base is None and not fields:
         return None
     merged = {**(base or {}), **fields}
