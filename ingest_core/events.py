@@ -507,6 +507,17 @@ def range_job(
     )
 
 
+def with_plan(job: Job, plan: Callable[[], Iterator[PlannedItem]], requested: int) -> Job:
+    """``job`` fetching ``plan`` instead: items no event can carry (a file read lazily).
+
+    Raises:
+        InvalidEventError: when a key of the new plan is invalid or two collide.
+    """
+    replaced = dataclasses.replace(job, plan=plan, requested=requested)
+    _check_keys(replaced)
+    return replaced
+
+
 def _numbered(params: Any, offset: int) -> Iterator[PlannedItem]:
     for index, item in zip(count(offset), params, strict=False):
         yield PlannedItem(index, item)

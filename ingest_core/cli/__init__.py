@@ -15,7 +15,7 @@ import textwrap
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from ingest_core.cli import backfill, bench, demo, launch, plan, run, show, state
+from ingest_core.cli import backfill, bench, demo, launch, listing, plan, run, show, state
 from ingest_core.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -33,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     for command in (
         demo.COMMAND,
         backfill.COMMAND,
+        listing.COMMAND,
         run.COMMAND,
         plan.COMMAND,
         launch.COMMAND,

@@ -167,7 +167,13 @@ def prepare(args: argparse.Namespace) -> runner.Prepared:
     Raises:
         UsageError: naming the flag and the reason.
     """
-    return runner.prepare(args, _build, event_flags=_EVENT_FLAGS, redrive_path=default_redrive_path)
+    return runner.prepare(
+        args,
+        _build,
+        event_flags=_EVENT_FLAGS,
+        redrive_path=default_redrive_path,
+        command="backfill",
+    )
 
 
 # ------------------------------------------------------------------------- run

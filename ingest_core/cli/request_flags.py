@@ -78,7 +78,11 @@ def add_request_flags(parser: argparse.ArgumentParser) -> None:
     pages = parser.add_argument_group("pagination (docs/CONTRACT.md §11)")
     pages.add_argument("--pagination", metavar="FILE|JSON", help="the api_config.pagination object")
     pages.add_argument(
-        "--paginate", metavar="TYPE", choices=PAGINATION_TYPES, help=" | ".join(PAGINATION_TYPES)
+        "--paginate",
+        metavar="TYPE",
+        choices=(*PAGINATION_TYPES, "auto"),
+        help=" | ".join(PAGINATION_TYPES) + " | auto (read page 0 of the first item and choose;"
+        " refuses when its next link, cursor and totals disagree)",
     )
     for field, (flag, kind, text) in PAGINATION_FIELD_FLAGS.items():
         pages.add_argument(flag, dest=f"page_{field}", type=kind, metavar="X", help=text)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ingest_core.cli import autopage
 from ingest_core.cli.common import (
     PROG,
     ProgressDisplay,
@@ -313,6 +314,7 @@ def prepare(
     *,
     event_flags: tuple[str, ...],
     redrive_path: Callable[[str], Path],
+    command: str,
 ) -> Prepared:
     """Flags (or a re-drive file) -> a validated job.
 
@@ -321,6 +323,7 @@ def prepare(
         build: the command's flags -> ``Built``.
         event_flags: the command's own flags a re-drive file replaces (refused with it).
         redrive_path: the default re-drive file of a request id.
+        command: the command's name, for what it prints.
 
     Raises:
         UsageError: naming the flag and the reason, for anything ``parse_event``
@@ -335,7 +338,7 @@ def prepare(
         default_path = args.retry_from
         allow_private = allow_private or context.allow_private_networks
     else:
-        built = build(args)
+        built = _built(args, build, command, allow_private=allow_private)
         default_path = redrive_path(built.event["request_id"])
     policy = _policy(built.dest, allow_private=allow_private)
     try:
@@ -354,6 +357,23 @@ def prepare(
         allow_private_networks=allow_private,
         applied=applied,
     )
+
+
+def _built(
+    args: argparse.Namespace,
+    build: Callable[[argparse.Namespace], Built],
+    command: str,
+    *,
+    allow_private: bool,
+) -> Built:
+    built = build(args)
+    if not autopage.is_auto(built.event):
+        return built
+    policy = _policy(built.dest, allow_private=allow_private)
+    chosen = autopage.resolve(
+        args, built.event, policy, command=command, headers_for=request_headers
+    )
+    return build(chosen)
 
 
 def _policy(dest: Dest, *, allow_private: bool) -> NetPolicy:
