@@ -31,6 +31,7 @@ from typing import Any, Final
 from yarl import URL
 
 from ingest_core.pagination import NOT_PARSED, PageView, next_link
+from ingest_core.results import ItemResult, ItemStatus
 
 # Depth of nested objects searched for fields (links.next.href is depth 2).
 MAX_DEPTH: Final = 2
@@ -363,6 +364,11 @@ class RunHints:
             self.first_next = found[0]
         if len(self.samples) < MAX_WARNING_SAMPLES:
             self.samples.append(str(page.url))
+
+    def on_result(self, result: ItemResult) -> None:
+        """The engine's ``on_item`` callback: items written now count (not skipped ones)."""
+        if result.status is ItemStatus.WRITTEN:
+            self.on_item(result.records)
 
     def on_item(self, records: int | None) -> None:
         """One item that succeeded, with the records it held (None: not known)."""

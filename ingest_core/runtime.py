@@ -19,6 +19,7 @@ import aiohttp
 
 from ingest_core.engine import ItemCallback, RunOutcome, run_job
 from ingest_core.events import Job
+from ingest_core.hints import RunHints
 from ingest_core.incremental import is_incremental, run_incremental, store_for
 from ingest_core.limits import OriginLimits
 from ingest_core.results import ItemResult
@@ -175,6 +176,8 @@ async def execute(
         manifest_prefix=manifest_prefix,
         limits=limits,
     )
+    hints = RunHints(paginated=job.api.pagination is not None, records_path=job.api.records_path)
+    watched = _both(on_item, hints.on_result)
     async with _target(job, settings, writer, local_dir, pool) as target:
 
         async def run(
@@ -182,12 +185,16 @@ async def execute(
         ) -> RunOutcome:
             # An incremental run passes an earlier deadline: the rest is its advance's.
             options = {**kwargs, "deadline": until}
-            return await run_job(todo, writer=target, on_item=_both(on_item, track), **options)
+            return await run_job(todo, writer=target, on_item=_both(watched, track), **options)
 
         if not is_incremental(job):
-            return await run(job)
-        store = state_store or store_for(target, job, manifest_prefix)
-        return await run_incremental(job, store, run, deadline=deadline, on_plan=on_plan)
+            outcome = await run(job)
+        else:
+            store = state_store or store_for(target, job, manifest_prefix)
+            outcome = await run_incremental(job, store, run, deadline=deadline, on_plan=on_plan)
+    # Said, never failed for: a run can look wrong and still be what was asked (CONTRACT §17).
+    outcome.result["warnings"] = hints.warnings()
+    return outcome
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""``fanout-ingest plan``: a date range as Distributed Map items, streamed.
+"""``fanout-ingest plan``: a date range, or a list, as Distributed Map items, streamed.
 
 Each item is ``{"index": i, "params": {...}}`` (CONTRACT §3): a global index, so a
 batch's keys stay the same however Step Functions batches and retries it. The
@@ -33,6 +33,7 @@ from ingest_core.cli.common import (
     resolve_bounds,
     utc_now,
 )
+from ingest_core.cli.params_input import FORMATS, ParamsList, open_params
 from ingest_core.errors import InvalidEventError
 from ingest_core.planner import count_date_range, expand_date_range
 
@@ -44,6 +45,8 @@ examples:
   fanout-ingest plan --start 2024-01-31 --end 2024-12-31 --step 1mo --jsonl
   fanout-ingest plan --start today-7d --end yesterday           # dates in UTC
   fanout-ingest plan --start 2000-01-01 --end 2024-12-31 --jsonl --upload s3://my-plans/daily.jsonl
+  fanout-ingest plan --from ids.jsonl --jsonl --upload s3://my-plans/ids.jsonl
+      # the lines of a list (JSONL or CSV, as 'list' reads them) instead of dates
 """
 
 PlanItems = Callable[[], Iterator[dict[str, Any]]]
@@ -53,12 +56,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the ``plan`` flags."""
     parser.add_argument(
         "--start",
-        required=True,
         metavar="DATE",
         help="first date: ISO, today, yesterday, today-Nd or now-Nh (UTC)",
     )
+    parser.add_argument("--end", metavar="DATE", help="last date (inclusive; as --start)")
     parser.add_argument(
-        "--end", required=True, metavar="DATE", help="last date (inclusive; as --start)"
+        "--from",
+        dest="from_list",
+        metavar="FILE",
+        help="instead of dates, the params sets of a JSONL or CSV file (- for stdin),"
+        " read as 'fanout-ingest list' reads them",
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=FORMATS,
+        help="how to read --from (default: by its suffix, else by its first character)",
     )
     parser.add_argument(
         "--param",
@@ -125,6 +137,17 @@ def batches_line(count: int, batch_size: int | None, *, pack: bool) -> str:
         f" {objects} and {batches:,} manifests"
         f" (launch --max-items-per-batch {size})"
     )
+
+
+def list_items(args: argparse.Namespace, params: ParamsList) -> tuple[PlanItems, int]:
+    """The items of ``--from``: item *i* is the list's *i*-th params set, ``--query`` added."""
+    extra = dict(args.query or [])
+
+    def items() -> Iterator[dict[str, Any]]:
+        for offset, row in enumerate(params.rows(), start=args.index_offset):
+            yield {"index": offset, "params": {**extra, **row}}
+
+    return items, params.count
 
 
 def plan_items(args: argparse.Namespace) -> tuple[PlanItems, int]:
@@ -214,7 +237,19 @@ def upload_target(uri: str, *, jsonl: bool) -> tuple[str, bool]:
 
 def run(args: argparse.Namespace) -> int:
     """Write (and/or upload) the plan; returns the exit code."""
-    items, count = plan_items(args)
+    if args.from_list is None:
+        missing = [flag for flag in ("--start", "--end") if getattr(args, flag[2:]) is None]
+        if missing:
+            raise UsageError(*[(flag, "required (or --from FILE)") for flag in missing])
+        return _write(args, *plan_items(args))
+    given = [flag for flag in ("--start", "--end") if getattr(args, flag[2:]) is not None]
+    if given:
+        raise UsageError(*[(flag, "cannot be combined with --from") for flag in given])
+    with open_params(args.from_list, args.input_format, flag="--from") as params:
+        return _write(args, *list_items(args, params))
+
+
+def _write(args: argparse.Namespace, items: PlanItems, count: int) -> int:
     if args.max_items_per_batch is not None or args.pack:
         print(batches_line(count, args.max_items_per_batch, pack=args.pack), file=sys.stderr)
     upload = upload_target(args.upload, jsonl=args.jsonl) if args.upload else None
@@ -255,10 +290,11 @@ def _to_stdout(items: Iterator[dict[str, Any]], *, jsonl: bool) -> int:
 
 COMMAND = Command(
     name="plan",
-    help="expand a date range into Distributed Map items (JSON or JSONL)",
+    help="expand a date range, or a JSONL/CSV list, into Distributed Map items",
     description=(
-        "Expand a date range (inclusive of both ends) into Distributed Map items"
-        ' {"index": i, "params": {...}}, streamed to stdout, a file or S3.'
+        "Expand a date range (inclusive of both ends), or the lines of a JSONL or CSV"
+        ' list (--from), into Distributed Map items {"index": i, "params": {...}},'
+        " streamed to stdout, a file or S3."
     ),
     add_arguments=add_arguments,
     run=run,

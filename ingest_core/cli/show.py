@@ -1,5 +1,9 @@
 """``fanout-ingest show MANIFEST --index N``: one item back out of the lake.
 
+Every page of it: a paginated item stored unpacked is one object per page
+(``keys`` in its manifest line), printed in page order, each page named on
+stderr; ``--page N`` prints one.
+
 The manifest line of item N names its object and, for a packed item, where its
 lines are (CONTRACT §13). Only those bytes are read: a ranged GET of exactly the
 item's bytes in an uncompressed pack, or from the restart point of its block in
@@ -38,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", metavar=MANIFEST_FLAG, help="s3://bucket/key or a local file")
     parser.add_argument("--index", type=non_negative_int, required=True, help="the item's index")
     parser.add_argument(
+        "--page",
+        type=non_negative_int,
+        metavar="N",
+        help="of an unpacked paginated item, only page N (default: every page, in order)",
+    )
+    parser.add_argument(
         "--lines",
         action="store_true",
         help="print the stored NDJSON lines as they are (provenance included)",
@@ -70,12 +80,38 @@ def _show(args: argparse.Namespace, out: IO[str]) -> int:
         print(f"{store.describe(key)}: read {consumed} bytes at {span.offset}", file=sys.stderr)
         _print_lines(data, raw=args.lines, out=out)
     else:
+        _print_objects(store, _page_keys(entry, args.page), out)
+    return 0
+
+
+def _page_keys(entry: dict[str, Any], page: int | None) -> list[tuple[str, str]]:
+    """``(key, label)`` of the objects to print: every page of a paginated item, in order.
+
+    Each page of an unpacked paginated item is its own object (CONTRACT §11); the
+    manifest line lists them all under ``keys``.
+    """
+    keys = entry.get("keys") or [entry["key"]]
+    total = len(keys)
+    labels = [f"page {n} of {total}" if total > 1 else "" for n in range(total)]
+    pages = list(zip(keys, labels, strict=True))
+    if page is None:
+        return pages
+    if not 0 <= page < total:
+        raise UsageError(("--page", f"item {entry.get('index')} has pages 0 to {total - 1}"))
+    return [pages[page]]
+
+
+def _print_objects(
+    store: _S3Store | _LocalStore, pages: list[tuple[str, str]], out: IO[str]
+) -> None:
+    for key, label in pages:
         with store.read_from(key, 0, None) as chunks:
             data = b"".join(chunks)
         if key.endswith(".gz"):
             data = gzip.decompress(data)
+        if label:
+            print(f"{store.describe(key)}: {label}", file=sys.stderr)
         _write_bytes(data.rstrip(b"\n") + b"\n", out)
-    return 0
 
 
 def _print_lines(data: bytes, *, raw: bool, out: IO[str]) -> None:
@@ -204,7 +240,8 @@ def _store_for(manifest: str) -> _S3Store | _LocalStore:
 
 COMMAND = Command(
     name="show",
-    help="print one item's body (or records) from a run's manifest, reading only its bytes",
+    help="print one item's bodies, every page (or its records), from a run's manifest,"
+    " reading only its bytes",
     add_arguments=add_arguments,
     run=run,
 )
