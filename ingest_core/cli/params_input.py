@@ -19,7 +19,6 @@ import codecs
 import contextlib
 import csv
 import hashlib
-import io
 import os
 import re
 import sys
@@ -167,8 +166,7 @@ def _jsonl(source: IO[bytes], name: str, flag: str) -> Iterator[tuple[int, Any]]
 
 
 def _csv(source: IO[bytes], name: str, flag: str) -> Iterator[tuple[int, Any]]:
-    text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text)
+    reader = csv.reader(_text_lines(source, name, flag))
     try:
         header = _header(reader, name, flag)
         for row in reader:
@@ -179,12 +177,17 @@ def _csv(source: IO[bytes], name: str, flag: str) -> Iterator[tuple[int, Any]]:
                 reason = f"{len(row)} fields, the header has {len(header)}"
                 raise _bad(name, flag, number, reason)
             yield number, {k: v for k, v in zip(header, row, strict=True) if v != ""}
-    except UnicodeDecodeError:
-        raise _bad(name, flag, reader.line_num + 1, "not UTF-8 text") from None
     except csv.Error as exc:
         raise _bad(name, flag, reader.line_num, f"not valid CSV ({exc})") from None
-    finally:
-        text.detach()  # the caller closes the file
+
+
+def _text_lines(source: IO[bytes], name: str, flag: str) -> Iterator[str]:
+    """Decoded one line at a time, so a bad byte is named by its line."""
+    for number, raw in enumerate(source, start=1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise _bad(name, flag, number, "not UTF-8 text") from None
 
 
 def _header(reader: Any, name: str, flag: str) -> list[str]:

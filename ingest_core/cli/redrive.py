@@ -299,7 +299,11 @@ def _pagination(
         if value == was:
             continue
         if name == "max_pages" and isinstance(value, int) and isinstance(was, int) and value < was:
-            problems.append((flags[name], f"lower than the re-drive file's max_pages ({was})"))
+            reason = (
+                f"lower than the re-drive file's max_pages ({was}): a re-drive only raises"
+                " the limit, so items stopped by it can be run to the end"
+            )
+            problems.append((flags[name], reason))
         elif name in RUN_PAGINATION_FIELDS:
             merged[name] = value
             applied.append(f"{flags[name]} {value}" if name == "max_pages" else flags[name])

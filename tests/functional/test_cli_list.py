@@ -1,0 +1,212 @@
+"""``fanout-ingest list``: one request per line of a JSONL/CSV list, as a subprocess.
+
+Against the paginated test API and against Datasette, a real third-party API
+(keyset pages with ``next``, ``next_url`` and a ``Link`` header): every row lands
+exactly once, bad lines are refused before any request, and a run that looks
+wrong (every item empty, a next page ignored) says so in its warnings.
+"""
+
+# The run_cli fixture is test_cli's, imported: its name reappears as a parameter.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import StartServer
+from tests.functional.test_cli import CLI, CLI_TIMEOUT_S, cli_env, run_cli  # noqa: F401
+from tests.support.paged_api import PagedAPI
+
+pytestmark = pytest.mark.timeout(120)
+
+SOURCE = "items"
+
+
+def list_args(items: str, url: str, dest: Path, *extra: str) -> list[str]:
+    return ["list", items, "--endpoint", url, "--source-id", SOURCE, "--dest", str(dest), *extra]
+
+
+def bodies_under(folder: Path) -> Iterator[Any]:
+    """Every stored body under ``folder`` (the manifests left out)."""
+    for path in sorted(folder.rglob("*.json")):
+        if "_manifests" not in path.parts:
+            yield json.loads(path.read_bytes())
+
+
+# ------------------------------------------------------------ the paged test API
+
+
+def test_list_of_jsonl_lines_lands_every_record_of_every_page_exactly_once(
+    api_server: StartServer, run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    # GIVEN an API paging each date's records 10 to a page, and a list of three dates
+    api = PagedAPI(totals={"2025-01-01": 25, "2025-01-02": 7, "2025-01-03": 30})
+    url = api_server(api.app).url
+    items = tmp_path / "dates.jsonl"
+    items.write_text("".join(json.dumps({"date": d}) + "\n" for d in api.totals))
+    # WHEN the list is fetched following each item's next links
+    done = run_cli(
+        *list_args(str(items), f"{url}/json", tmp_path / "out", "--records-path", "items"),
+        "--paginate",
+        "json_link",
+        "--next-path",
+        "links.next",
+        "--json",
+    )
+    # THEN every record of every date is stored once, in 3 + 1 + 3 pages
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["requested"], result["succeeded"], result["pages_written"]) == (3, 3, 7)
+    assert result["records_ingested"] == 62 and result["warnings"] == []
+    stored = Counter(
+        (r["date"], r["n"]) for body in bodies_under(tmp_path / "out") for r in body["items"]
+    )
+    expected = Counter((r["date"], r["n"]) for d in api.totals for r in api.records_of(d))
+    assert stored == expected
+    # AND the keys name the list and each item's index and page
+    rid = result["request_id"]
+    assert rid.startswith("list-dates-")
+    assert (tmp_path / "out" / SOURCE / f"{rid}-2-2.json").is_file()
+
+
+def test_list_of_csv_rows_from_stdin_with_fixed_query_params(
+    api_server: StartServer, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    # GIVEN a CSV list on stdin (an empty cell leaves its param out)
+    api = PagedAPI(total=3)
+    url = api_server(api.app).url
+    csv_text = "date,region\n2025-01-01,eu\n2025-01-02,\n"
+    # WHEN it is fetched with a fixed --query param added to every item
+    done = subprocess.run(
+        [*CLI, *list_args("-", f"{url}/cursor", tmp_path / "out", "--query", "limit=5")],
+        input=csv_text,
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+    # THEN both items went out with their own params and the fixed one
+    assert done.returncode == 0, done.stderr
+    assert sorted(
+        (s.query.get("date"), s.query.get("region"), s.query["limit"]) for s in api.seen
+    ) == [
+        ("2025-01-01", "eu", "5"),
+        ("2025-01-02", None, "5"),
+    ]
+    assert "list stdin list-stdin-" in done.stdout
+
+
+def test_a_bad_line_is_refused_before_any_request_naming_its_number(
+    api_server: StartServer, run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    # GIVEN a list whose third line is an array, and a CSV row with a missing field
+    api = PagedAPI()
+    url = api_server(api.app).url
+    jsonl = tmp_path / "ids.jsonl"
+    jsonl.write_text('{"date": "2025-01-01"}\n{"date": "2025-01-02"}\n["2025-01-03"]\n')
+    csv_file = tmp_path / "ids.csv"
+    csv_file.write_text("date,region\n2025-01-01,eu\n2025-01-02\n")
+    for path, reason in (
+        (jsonl, "line 3: a JSON list, not an object"),
+        (csv_file, "line 3: 1 fields, the header has 2"),
+    ):
+        # WHEN each is listed
+        done = run_cli(*list_args(str(path), f"{url}/cursor", tmp_path / "out"))
+        # THEN it is bad usage naming the line and why, and nothing was requested
+        assert done.returncode == 2, done.stderr
+        assert f"error: ITEMS: {path} {reason}" in done.stderr
+    assert api.seen == []
+
+
+def test_list_retry_from_runs_only_the_items_that_failed(
+    api_server: StartServer, run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    # GIVEN an API whose first answer is a 503, and one attempt per item
+    api = PagedAPI(total=4, faults={("/cursor", 0): [503]})
+    url = api_server(api.app).url
+    items = tmp_path / "dates.jsonl"
+    items.write_text('{"date": "2025-01-01"}\n{"date": "2025-01-02"}\n')
+    first = run_cli(
+        *list_args(str(items), f"{url}/cursor", tmp_path / "out"),
+        "--max-attempts",
+        "1",
+        "--concurrency",
+        "1",
+    )
+    assert first.returncode == 1, first.stderr
+    redrive = next(tmp_path.glob("fanout-redrive-list-dates-*.jsonl"))
+    assert len(redrive.read_text().splitlines()) == 2  # the header and the one item
+    assert f"fanout-ingest list --retry-from {redrive}" in first.stdout
+    # WHEN the re-drive file is retried with the same list named again, and then alone
+    both = run_cli("list", str(items), "--retry-from", str(redrive))
+    retried = run_cli("list", "--retry-from", str(redrive), "--concurrency", "2")
+    # THEN naming the list is refused, and the re-drive lands what was missing
+    assert both.returncode == 2 and "ITEMS: cannot be combined with --retry-from" in both.stderr
+    assert retried.returncode == 0, retried.stderr
+    assert "applied on top of the re-drive file: --concurrency 2" in retried.stderr
+    assert len(list(bodies_under(tmp_path / "out"))) == 2
+    assert len(api.seen) == 3  # the failed answer, the item that went through, the retry
+
+
+# ------------------------------------------------------------- a million lines
+
+MEASURE = textwrap.dedent(
+    """
+    import resource, sys
+    from ingest_core.cli import build_parser
+    from ingest_core.cli.listing import _prepare
+    from ingest_core.cli.params_input import open_params
+
+    args = build_parser().parse_args(
+        ["list", sys.argv[1], "--endpoint", "https://api.example.com/v1/items",
+         "--source-id", "ids", "--dest", sys.argv[2]]
+    )
+    with open_params(args.items, None, flag="ITEMS") as params:
+        job = _prepare(args, params).job
+        seen = sum(1 for _ in job.items())
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(job.requested, seen, round(peak_mib, 1))
+    """
+)
+
+
+def _peak_rss(items: Path, tmp_path: Path) -> tuple[int, int, float]:
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(items), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    requested, seen, peak = done.stdout.split()
+    return int(requested), int(seen), float(peak)
+
+
+@pytest.mark.timeout(400)
+def test_a_million_line_list_is_checked_and_planned_in_bounded_memory(tmp_path: Path) -> None:
+    # GIVEN a list of 1,000 lines and one of 1,000,000 (about 30 MB)
+    small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
+    for path, count in ((small, 1_000), (large, 1_000_000)):
+        with path.open("w") as out:
+            for i in range(count):
+                out.write(f'{{"id": {i}, "kind": "item-{i % 7}"}}\n')
+    # WHEN each is checked, turned into a job and every item planned
+    small_run = _peak_rss(small, tmp_path)
+    large_run = _peak_rss(large, tmp_path)
+    # THEN every line became an item, and the peak memory hardly grew with the list
+    assert small_run[:2] == (1_000, 1_000)
+    assert large_run[:2] == (1_000_000, 1_000_000)
+    growth_mib = large_run[2] - small_run[2]
+    assert growth_mib < 16, f"peak RSS grew {growth_mib:.1f} MiB for 999,000 more lines"
