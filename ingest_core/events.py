@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import count
 from typing import Any, Literal
@@ -513,7 +513,7 @@ def with_plan(job: Job, plan: Callable[[], Iterator[PlannedItem]], requested: in
     Raises:
         InvalidEventError: when a key of the new plan is invalid or two collide.
     """
-    replaced = dataclasses.replace(job, plan=plan, requested=requested)
+    replaced = replace(job, plan=plan, requested=requested)
     _check_keys(replaced)
     return replaced
 
