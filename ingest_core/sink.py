@@ -29,6 +29,7 @@ from ingest_core.fetcher import iter_body, safe_content_type
 from ingest_core.keys import PackKeys, params_hash
 from ingest_core.limits import ByteBudget
 from ingest_core.packing import Packer, Staged, first_index, make_unit
+from ingest_core.packing.stale import StaleParts, part_store
 from ingest_core.records import NOT_ONE_VALUE
 from ingest_core.results import ItemResult, ItemStatus
 from ingest_core.transfer import BodyInfo, Stored, transfer
@@ -176,12 +177,15 @@ class PackSink:
     packer: Packer
     record: Record
     keep: Keep | None = None
+    stale: StaleParts | None = None  # an earlier run's parts this one did not write
 
     def open(self, item: PlannedItem) -> ItemSink:
         return _PackItem(self, item)
 
     async def close(self, clock: RunClock) -> None:
         await self.packer.close(clock)
+        if self.stale is not None:
+            await self.stale.remove(clock)
 
     async def abort(self, why: str) -> None:
         await self.packer.abort(why)
@@ -195,16 +199,18 @@ async def pack_sink(
     assert pack is not None
     first = first_index(job.items(), ascending=not job.is_map_batch)
     unit = make_unit(pack, records_path=job.api.records_path, expect_json=job.options.expect_json)
+    keys = PackKeys(pack.template, job.api.source_id, job.request_id, first)
+    stale = StaleParts(keys, part_store(writer))
     packer = Packer(
         writer=writer,
         options=job.options,
-        keys=PackKeys(pack.template, job.api.source_id, job.request_id, first),
+        keys=keys,
         unit=unit,
         budget=budget,
-        on_result=record,
+        on_result=stale.recording(record),
     )
     await packer.start()
-    return PackSink(packer=packer, record=record, keep=keep)
+    return PackSink(packer=packer, record=record, keep=keep, stale=stale)
 
 
 @dataclasses.dataclass(slots=True)

@@ -205,6 +205,11 @@ class _TrackedWriter:
     def __init__(self, inner: ObjectWriter, tracker: UploadTracker) -> None:
         self._inner, self._tracker = inner, tracker
 
+    @property
+    def inner(self) -> ObjectWriter:
+        """The writer this one tracks (packing/stale.py lists and deletes through it)."""
+        return self._inner
+
     def describe(self, key: str) -> str:
         return self._inner.describe(key)
 

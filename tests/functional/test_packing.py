@@ -7,17 +7,22 @@ object does not exist; no multipart upload is left open; the counts add up.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import zlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from handler.app import lambda_handler
+from ingest_core import LocalDirWriter, parse_event, run_job
 from ingest_core.cli import main
+from ingest_core.netguard import NetPolicy
+from ingest_core.settings import Settings
 from tests.conftest import RAW_BUCKET
 from tests.support.faults import S3FaultProxy
 from tests.support.lambda_context import LocalContext
@@ -483,3 +488,92 @@ def test_a_body_too_large_for_memory_fails_alone_and_memory_stays_in_budget(
     assert entries[1]["status"] == "failed" and entries[1]["kind"] == "body_too_large"
     assert "fit in memory" in entries[1]["error"]
     assert entries[0]["status"] == entries[2]["status"] == "written"
+
+
+# --------------------------------------------------------- re-runs and stale parts (issue 17)
+
+STALE_ITEMS = 12
+
+
+def stale_api(pad: int) -> ScriptedAPI:
+    """Item n's body: its number and ``pad`` bytes, so the pack's part count follows ``pad``."""
+    return ScriptedAPI(
+        {
+            str(n): Response(body=orjson.dumps({"n": n, "pad": "z" * pad}))
+            for n in range(STALE_ITEMS)
+        }
+    )
+
+
+def stale_event(url: str, **options: Any) -> dict[str, Any]:
+    return event_for(
+        f"{url}/v1/data",
+        batch=[{"date": str(n)} for n in range(STALE_ITEMS)],
+        request_id="rerun",
+        options={"concurrency": 1, "pack": {"compression": "none", "target_mb": 1}, **options},
+    )
+
+
+def packs(s3: MotoS3) -> list[str]:
+    return sorted(k for k in s3.list_keys(RAW_BUCKET, f"{SOURCE}/rerun-") if "_manifests" not in k)
+
+
+def test_a_rerun_in_fewer_parts_removes_the_earlier_runs_stale_parts(
+    s3: MotoS3, api_server: Any
+) -> None:
+    # GIVEN a packed run of 12 items of ~300 KB: 1 MiB objects make 3 parts
+    first, _ = run(stale_event(api_server(stale_api(300_000)).url))
+    assert first["status"] == "SUCCESS", first["failures"]
+    assert packs(s3) == [f"{SOURCE}/rerun-0-{part}.ndjson" for part in range(3)]
+    # WHEN the same batch runs again and its smaller bodies fit in 1 part
+    again, _ = run(stale_event(api_server(stale_api(100)).url))
+    # THEN parts 1 and 2 of the first run are gone: every line under the prefix is the re-run's
+    assert again["status"] == "SUCCESS", again["failures"]
+    assert packs(s3) == [f"{SOURCE}/rerun-0-0.ndjson"]
+    entries = assert_pack_account(s3, again)
+    lines = [orjson.loads(x) for x in object_lines(s3, packs(s3)[0])]
+    assert sorted(line["index"] for line in lines) == list(range(STALE_ITEMS))
+    assert all(len(line["body"]["pad"]) == 100 for line in lines)
+    assert {e["key"] for e in entries.values()} == {f"{SOURCE}/rerun-0-0.ndjson"}
+
+
+def test_a_rerun_whose_object_fails_leaves_no_line_of_the_earlier_run(
+    s3: MotoS3, s3_proxy: S3FaultProxy, api_server: Any
+) -> None:
+    # GIVEN a first run that wrote part 0 with every item
+    first, _ = run(stale_event(api_server(stale_api(100)).url))
+    assert first["status"] == "SUCCESS" and packs(s3) == [f"{SOURCE}/rerun-0-0.ndjson"]
+    # WHEN the re-run's one object fails on every attempt (its items fail s3_error)
+    s3_proxy.inject("PutObject", "internal_error", times=S3_MAX_ATTEMPTS)
+    again, _ = run(stale_event(api_server(stale_api(100)).url, s3_max_attempts=S3_MAX_ATTEMPTS))
+    assert again["failed"] == STALE_ITEMS
+    assert {f["kind"] for f in again["failures"]} == {"s3_error"}
+    # THEN the first run's part 0 is gone too: no reader counts lines of items that
+    # the new manifest calls failed (and "nothing is left under its key" holds)
+    assert packs(s3) == []
+    assert_pack_account(s3, again)
+
+
+def test_a_rerun_into_a_local_folder_removes_its_stale_parts(
+    api_server: Any, tmp_path: Path
+) -> None:
+    # GIVEN a packed run into a local folder in 3 parts, then a re-run that fits in 1
+    def run_local(pad: int) -> dict[str, Any]:
+        event = stale_event(api_server(stale_api(pad)).url)
+        job = parse_event(event, policy=NetPolicy(allow_private_networks=True))
+        settings = Settings(policy=NetPolicy(allow_private_networks=True))
+        outcome = asyncio.run(run_job(job, writer=LocalDirWriter(tmp_path), settings=settings))
+        assert outcome.result["status"] == "SUCCESS"
+        return outcome.result
+
+    def parts() -> list[str]:
+        return sorted(p.name for p in (tmp_path / SOURCE).glob("rerun-*"))
+
+    run_local(300_000)
+    assert parts() == [f"rerun-0-{part}.ndjson" for part in range(3)]
+    # WHEN it runs again
+    run_local(100)
+    # THEN only the re-run's part is in the folder, holding every item once
+    assert parts() == ["rerun-0-0.ndjson"]
+    lines = (tmp_path / SOURCE / "rerun-0-0.ndjson").read_bytes().splitlines()
+    assert sorted(orjson.loads(x)["index"] for x in lines) == list(range(STALE_ITEMS))

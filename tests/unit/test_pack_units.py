@@ -19,6 +19,7 @@ from ingest_core.keys import PackKeys
 from ingest_core.limits import ByteBudget
 from ingest_core.netguard import NetPolicy
 from ingest_core.packing import FLUSH_EVERY, Packer, Page, RecordUnit, ResponseUnit, make_unit
+from ingest_core.packing.stale import PartPattern
 from ingest_core.packing.units import decode_line, exact_loads
 from ingest_core.results import ItemResult, ItemStatus
 
@@ -421,3 +422,29 @@ def test_first_index_is_the_lowest_of_a_map_batch_and_the_first_otherwise() -> N
     }
     job = parse_event(map_batch, policy=POLICY)
     assert first_index(job.items(), ascending=not job.is_map_batch) == 17
+
+
+# ------------------------------------------------------------------------- stale parts
+
+
+def test_a_part_pattern_matches_only_keys_its_template_renders() -> None:
+    keys = PackKeys("{source_id}/{request_id}-{first_index}-{part}.ndjson.gz", "s", "r", 1)
+    pattern = PartPattern.of(keys)
+    assert pattern == PartPattern("s/r-1-", ".ndjson.gz")
+    assert [pattern.part_of(keys.key(n)) for n in (0, 7, 12)] == [0, 7, 12]
+    for other in (
+        "s/r-10-0.ndjson.gz",
+        "s/r-1-01.ndjson.gz",
+        "s/r-1-1.ndjson",
+        "s/r-1-².ndjson.gz",
+    ):
+        assert pattern.part_of(other) is None, other
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{source_id}/{request_id}{first_index}{part}.ndjson", "{source_id}/{part}{first_index}"],
+)
+def test_a_part_not_delimited_by_non_digits_is_never_removed(template: str) -> None:
+    # part 10 of batch 1 and part 0 of batch 11 render alike: no pattern, no removal
+    assert PartPattern.of(PackKeys(template, "s", "r", 1)) is None
