@@ -54,6 +54,7 @@ FLUSH_EVERY = 1024 * 1024  # uncompressed bytes between restart points in a gzip
 SMALL_RESERVATION = 256 * 1024
 COMPLETE_GRACE_S = 1.0  # how long a stop waits for a Complete already in flight
 PACK_CONTENT_TYPE = "application/x-ndjson"
+GZIP_PACK_CONTENT_TYPE = "application/gzip"
 ResultSink = Callable[[ItemResult], None]
 
 # ----------------------------------------------------------------------------- staging
@@ -341,10 +342,12 @@ class Packer:
         return obj
 
     def _meta(self) -> ObjectMeta:
-        encoding = "gzip" if self.pack.compression == "gzip" else None
+        # gzip is the file's format (.ndjson.gz), not a Content-Encoding: with that header
+        # HTTP clients inflate on download and readers then fail on a .gz that is not
+        # (docs/LAKE.md, "Content-Type, not Content-Encoding").
+        gzip = self.pack.compression == "gzip"
         return ObjectMeta(
-            content_type=PACK_CONTENT_TYPE,
-            content_encoding=encoding,
+            content_type=GZIP_PACK_CONTENT_TYPE if gzip else PACK_CONTENT_TYPE,
             metadata={"source-id": self.keys.source_id, "request-id": self.keys.request_id},
         )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+import requests
 
 from handler.app import lambda_handler
 from ingest_core import LocalDirWriter, parse_event, run_job
@@ -488,6 +489,38 @@ def test_a_body_too_large_for_memory_fails_alone_and_memory_stays_in_budget(
     assert entries[1]["status"] == "failed" and entries[1]["kind"] == "body_too_large"
     assert "fit in memory" in entries[1]["error"]
     assert entries[0]["status"] == entries[2]["status"] == "written"
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_pack_objects_carry_no_content_encoding_so_http_downloads_stay_readable(
+    s3: MotoS3, api_server: Any, compression: str
+) -> None:
+    # GIVEN a packed run
+    url = api_server(ScriptedAPI()).url
+    event = event_for(
+        f"{url}/v1/data",
+        batch=[{"date": str(n)} for n in range(5)],
+        request_id=f"enc-{compression}",
+        options={"pack": {"compression": compression}},
+    )
+    result, _ = run(event)
+    assert result["status"] == "SUCCESS", result["failures"]
+    [key] = [k for k in s3.list_keys(RAW_BUCKET, f"{SOURCE}/enc-") if "_manifests" not in k]
+    # WHEN its object is downloaded by an HTTP client that honours Content-Encoding
+    head = s3.head(RAW_BUCKET, key)
+    signed = s3.client().generate_presigned_url(
+        "get_object", Params={"Bucket": RAW_BUCKET, "Key": key}, ExpiresIn=60
+    )
+    download = requests.get(signed, timeout=10)
+    download.raise_for_status()
+    # THEN the .gz file arrives as gzip and reads (with Content-Encoding: gzip the client
+    # inflated it on the way, and gunzip then failed: "Not a gzipped file")
+    gzipped = compression == "gzip"
+    data = gzip.decompress(download.content) if gzipped else download.content
+    # AND gzip is the object's format, not an encoding
+    assert "ContentEncoding" not in head
+    assert head["ContentType"] == ("application/gzip" if gzipped else "application/x-ndjson")
+    assert [orjson.loads(line)["index"] for line in data.splitlines()] == list(range(5))
 
 
 # --------------------------------------------------------- re-runs and stale parts (issue 17)
