@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 import aiohttp
 
 from ingest_core.clock import RunClock
+from ingest_core.config import DEFAULT_MAX_RETRY_AFTER_S
 from ingest_core.errors import (
     DeadlineExceeded,
     FetchError,
@@ -29,7 +30,13 @@ from ingest_core.errors import (
     WriteError,
 )
 from ingest_core.fetcher import FetchRequest, open_response
-from ingest_core.limits import AdaptiveLimit, Outcome, Slot, TokenBucket
+from ingest_core.limits import (
+    AdaptiveLimit,
+    Outcome,
+    Slot,
+    TokenBucket,
+    refuse_long_retry_after,
+)
 from ingest_core.netguard import NetPolicy
 from ingest_core.retry import backoff_s
 
@@ -71,6 +78,7 @@ class Attempts:
     bucket: TokenBucket  # the fixed rate limit, on top
     max_attempts: int
     attempt_timeout_s: float
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
 
     async def page(self, request: FetchRequest, store: Store[T], what: str) -> Attempted[T]:
         """Fetch ``request`` and ``store`` its response, retrying; raises ``PageFailed``."""
@@ -118,7 +126,11 @@ class Attempts:
         except FetchError as exc:
             if isinstance(exc, HTTPStatusError) and exc.status in THROTTLE_STATUSES:
                 slot.throttled(exc.retry_after_s)
-            return _Failed(exc)
+            # A Retry-After beyond the time left or max_retry_after_s fails the page
+            # throttled now (CONTRACT §14); whether the origin pauses is the limit's call.
+            left_s = self.clock.stop_starting - time.monotonic()
+            limit_s = self.max_retry_after_s
+            return _Failed(refuse_long_retry_after(exc, left_s=left_s, max_retry_after_s=limit_s))
         except TimeoutError:
             return _Failed(FetchTimeout(f"attempt took longer than {self.attempt_timeout_s}s"))
         except WriteError as exc:

@@ -36,6 +36,10 @@ MAX_S3_MAX_ATTEMPTS = 50
 # rest waits for the next run (the result says how many are still behind).
 DEFAULT_MAX_CATCH_UP = 1000
 MAX_MAX_CATCH_UP = 1_000_000
+# The longest Retry-After honoured (CONTRACT §14): an item asked to wait longer fails
+# ``throttled`` at once, and no origin pause lasts longer. 900 s is a Lambda's life.
+DEFAULT_MAX_RETRY_AFTER_S = 60.0
+MAX_MAX_RETRY_AFTER_S = 900.0
 
 DEFAULT_PACK_TARGET_MB = 64
 # Level 1: on 9 KB JSON bodies about a third of level 6's CPU for a 28% lower ratio
@@ -113,11 +117,12 @@ class Options(BaseModel):
     fail_on_error: bool = False
     pack: PackOptions | None = None
     # CONTRACT §14: S3 writes retry SlowDown, 5xx and dropped connections this many
-    # times (within the deadline); the API's allowed concurrency adapts (AIMD, a
-    # shared Retry-After pause) when ``adaptive`` is on.
+    # times (within the deadline); with ``adaptive`` on, each origin's concurrency,
+    # pause and pace adapt when its throttled share says it is over its limit.
     s3_max_attempts: int = Field(DEFAULT_S3_MAX_ATTEMPTS, ge=1, le=MAX_S3_MAX_ATTEMPTS)
     adaptive: bool = True
     max_catch_up: int = Field(DEFAULT_MAX_CATCH_UP, ge=1, le=MAX_MAX_CATCH_UP)
+    max_retry_after_s: float = Field(DEFAULT_MAX_RETRY_AFTER_S, ge=0, le=MAX_MAX_RETRY_AFTER_S)
 
     @model_validator(mode="after")
     def _budget_holds_a_part(self) -> Options:

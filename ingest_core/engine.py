@@ -97,6 +97,7 @@ class _Run:
             bucket=TokenBucket(job.options.rate_limit_per_s),
             max_attempts=job.options.max_attempts,
             attempt_timeout_s=job.options.attempt_timeout_s,
+            max_retry_after_s=job.options.max_retry_after_s,
         )
         self.sink: Sink = ObjectSink.for_job(job, self.writer, self.budget, self.record, self.keep)
 
@@ -162,7 +163,10 @@ class RunOutcome:
 
 def limits_for(job: Job) -> OriginLimits:
     """The adaptive limits a run of ``job`` uses: one per origin, the API's and S3's."""
-    return OriginLimits(job.options.concurrency, enabled=job.options.adaptive)
+    options = job.options
+    return OriginLimits(
+        options.concurrency, enabled=options.adaptive, max_pause_s=options.max_retry_after_s
+    )
 
 
 async def run_job(

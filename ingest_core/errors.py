@@ -9,6 +9,7 @@
      │    ├── FetchTimeout (TimeoutError)    connect or read timeout
      │    ├── FetchConnectionError (ConnectionError)
      │    ├── HTTPStatusError                a non-2xx answer
+     │    │    └── RetryAfterTooLong         its Retry-After is beyond what the run allows
      │    ├── TruncatedBody                  fewer bytes than Content-Length, or a reset mid-body
      │    ├── BodyTooLarge                   more than max_body_bytes
      │    ├── InvalidBody                    expect_json and the body is not JSON/NDJSON
@@ -51,6 +52,7 @@ class FailureKind(StrEnum):
     DEADLINE = "deadline"
     PAGINATION = "pagination"
     INTERNAL = "internal"  # a bug: an exception outside this tree (its type is in the error)
+    THROTTLED = "throttled"  # the API asked to wait longer than the run allows (CONTRACT §14)
 
 
 class IngestError(Exception):
@@ -126,6 +128,12 @@ class HTTPStatusError(FetchError):
         super().__init__(message, status=status)
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+
+
+class RetryAfterTooLong(HTTPStatusError):
+    """Its ``Retry-After`` is longer than the time left or ``max_retry_after_s``: not retried."""
+
+    kind = FailureKind.THROTTLED
 
 
 class TruncatedBody(FetchError):

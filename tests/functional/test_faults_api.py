@@ -166,9 +166,11 @@ def test_a_retry_after_beyond_the_deadline_gives_up_at_once(
     event = event_for(f"{url}/retry-after-seconds", batch=batch, options=FAST)
     # WHEN it is ingested
     result, context = run(event, timeout_s=10)
-    # THEN the item failed with its 429 after one attempt instead of sleeping past the deadline
+    # THEN the item failed with its 429 after one attempt instead of sleeping past the
+    # deadline, as throttled (CONTRACT §14), saying why
     [failure] = result["failures"]
-    assert (failure["kind"], failure["status"], failure["attempts"]) == ("http_status", 429, 1)
+    assert (failure["kind"], failure["status"], failure["attempts"]) == ("throttled", 429, 1)
+    assert "Retry-After asked to wait 600 s" in failure["error"], failure["error"]
     assert context.get_remaining_time_in_millis() > 5000
     assert_s3_outcome(s3, result, {0: b""}, context=context)
 
