@@ -4,10 +4,14 @@ Every credential in the config is a secret reference, resolved at run time (off
 the event loop). One provider serves a whole run:
 
 - ``OAuth2ClientCredentials`` fetches one token for the run, shared by every
-  request, fetches a new one shortly before it expires, and once more when the
-  API answers 401 to the current one (``on_unauthorized``). The token URL passes
-  the same SSRF checks as the endpoint. The token and the client secret never
-  appear in a log, a result or an exception message.
+  request (one token request in flight at most), fetches a new one shortly before
+  it expires, and once more when the API answers 401 to a token (``on_unauthorized``);
+  a 401 to that renewed token fails the item without asking for another: the
+  credentials, not the token, are refused. A failing token endpoint is asked once
+  per backoff window for the whole run (1, 2, 4 ... 60 s); the requests in between
+  fail at once with its last answer, so 40 items cost one token request, not 40.
+  The token URL passes the same SSRF checks as the endpoint. The token and the
+  client secret never appear in a log, a result or an exception message.
 - ``BasicAuth`` sends ``Authorization: Basic``.
 
 The fetcher asks the provider for its headers on every request and only ever
@@ -45,6 +49,9 @@ SECRET_REF_PATTERN = r"^(secretsmanager:[^#\s]+(#[^#\s]+)?|ssm:/[^\s]+)$"
 REFRESH_MARGIN_S = 60.0
 DEFAULT_TOKEN_LIFETIME_S = 3600.0
 MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
+# After a failed token request, the next one waits this long, doubling per failure.
+TOKEN_BACKOFF_BASE_S = 1.0
+TOKEN_BACKOFF_CAP_S = 60.0
 _SECRET_REF_RE = re.compile(SECRET_REF_PATTERN)
 
 
@@ -162,6 +169,10 @@ class OAuth2ClientCredentials:
     token_requests: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _client: tuple[str, str] | None = None
+    _renewed_after_401: str | None = None  # the token a 401 made us fetch
+    _failure: FetchError | None = None  # the token endpoint's last failure...
+    _failures: int = 0  # ...how many in a row...
+    _retry_at: float = 0.0  # ...and when it may be asked again
 
     async def headers(self) -> Mapping[str, str]:
         token = self.token
@@ -170,8 +181,10 @@ class OAuth2ClientCredentials:
         return {"Authorization": f"Bearer {token}"}
 
     async def on_unauthorized(self, sent: Mapping[str, str]) -> bool:
-        stale = sent.get("Authorization", "").removeprefix("Bearer ")
-        await self._renew(stale=stale or None, forced=True)
+        stale = sent.get("Authorization", "").removeprefix("Bearer ") or None
+        if stale is not None and stale == self._renewed_after_401:
+            return False  # a fresh token refused too: another would be refused as well
+        await self._renew(stale=stale, forced=True)
         return True
 
     def secrets(self) -> list[str]:
@@ -179,17 +192,32 @@ class OAuth2ClientCredentials:
         return found + ([self._client[1]] if self._client else [])
 
     async def _renew(self, *, stale: str | None, forced: bool = False) -> str:
-        async with self._lock:
+        async with self._lock:  # one token request in flight; the others wait for it
             current = self.token
             if current is not None and current != stale:
                 return current  # renewed by another request while this one waited
             if current is not None and not forced and self.clock() < self.expires_at:
                 return current
-            token, lifetime = await self._fetch()
+            token, lifetime = await self._fetch_or_back_off()
             register_secret(token)
             margin = min(REFRESH_MARGIN_S, lifetime / 10)
             self.token, self.expires_at = token, self.clock() + lifetime - margin
+            self._renewed_after_401 = token if forced else None
             return token
+
+    async def _fetch_or_back_off(self) -> tuple[str, float]:
+        """A token, or the endpoint's last failure again while its backoff window lasts."""
+        if self._failure is not None and self.clock() < self._retry_at:
+            raise _again(self._failure, self._retry_at - self.clock())
+        try:
+            found = await self._fetch()
+        except FetchError as exc:
+            self._failures += 1
+            window = min(TOKEN_BACKOFF_CAP_S, TOKEN_BACKOFF_BASE_S * 2 ** (self._failures - 1))
+            self._failure, self._retry_at = exc, self.clock() + window
+            raise
+        self._failure, self._failures = None, 0
+        return found
 
     async def _fetch(self) -> tuple[str, float]:
         if self._client is None:
@@ -207,6 +235,16 @@ class OAuth2ClientCredentials:
         if self.request_token is not None:
             return await self.request_token(url, form)
         return await _token_request(self.http, url, form)
+
+
+def _again(error: FetchError, wait_s: float) -> FetchError:
+    """A fresh error repeating the token endpoint's last failure (no request was made)."""
+    text = f"{error} (the token endpoint is asked again in {wait_s:.1f} s)"
+    if isinstance(error, HTTPStatusError):
+        return HTTPStatusError(text, status=error.status or 0, retryable=error.retryable)
+    again = FetchError(text, status=error.status)
+    again.kind, again.retryable = error.kind, error.retryable
+    return again
 
 
 async def _token_request(

@@ -14,13 +14,14 @@ import pytest
 from yarl import URL
 
 from ingest_core.auth import (
+    TOKEN_BACKOFF_BASE_S,
     BasicAuth,
     BasicAuthConfig,
     OAuth2ClientCredentials,
     OAuth2Config,
     _parse_token,
 )
-from ingest_core.errors import FetchError
+from ingest_core.errors import FetchError, HTTPStatusError
 from ingest_core.netguard import NetPolicy
 
 TOKEN_URL = "https://auth.example.com/token"
@@ -139,3 +140,78 @@ async def test_basic_auth_header_from_references() -> None:
     header = (await auth.headers())["Authorization"]
     assert header == "Basic " + base64.b64encode(b"user:pw").decode()
     assert await auth.on_unauthorized({"Authorization": header}) is False
+
+
+class FailingEndpoint:
+    """A token endpoint answering ``status`` until ``healthy`` is set, then tok-N."""
+
+    def __init__(self, status: int) -> None:
+        self.status, self.healthy, self.calls = status, False, 0
+
+    async def __call__(self, url: URL, form: dict[str, str]) -> tuple[str, float]:
+        self.calls += 1
+        await asyncio.sleep(0.01)  # concurrent callers pile up behind the first
+        if not self.healthy:
+            raise HTTPStatusError(
+                f"token endpoint answered HTTP {self.status}",
+                status=self.status,
+                retryable=self.status >= 500,
+            )
+        return f"tok-{self.calls}", 3600
+
+
+@pytest.mark.parametrize("status", [400, 500])
+async def test_a_failing_token_endpoint_is_asked_once_per_backoff_window_for_the_run(
+    status: int,
+) -> None:
+    # GIVEN a token endpoint that fails (400: client revoked; 500: down)
+    clock = Clock()
+    endpoint = FailingEndpoint(status)
+    http: Any = None  # never used: the token call is injected
+    auth = OAuth2ClientCredentials(
+        CONFIG, http, NetPolicy(), resolve, clock=clock, request_token=endpoint
+    )
+
+    async def ask() -> BaseException | None:
+        try:
+            await auth.headers()
+        except HTTPStatusError as exc:
+            return exc
+        return None
+
+    # WHEN 40 requests want a token at once, then again just before the window ends
+    first = await asyncio.gather(*(ask() for _ in range(40)))
+    clock.now += TOKEN_BACKOFF_BASE_S - 0.01
+    again = await asyncio.gather(*(ask() for _ in range(40)))
+    # THEN one token request was made; all 80 failed with its answer and its retryability
+    assert endpoint.calls == 1
+    for error in first + again:
+        assert isinstance(error, HTTPStatusError)
+        assert (error.status, error.retryable) == (status, status >= 500)
+        assert "the token endpoint is asked again in" in str(error) or error is first[0]
+    # AND past the window one more request goes, and the next window is twice as long
+    clock.now += 0.02
+    await asyncio.gather(*(ask() for _ in range(40)))
+    assert endpoint.calls == 2
+    clock.now += 2 * TOKEN_BACKOFF_BASE_S - 0.01
+    await ask()
+    assert endpoint.calls == 2
+    # AND once the endpoint recovers, the next window's one request brings the token
+    endpoint.healthy = True
+    clock.now += 0.02
+    assert await asyncio.gather(*(ask() for _ in range(40))) == [None] * 40
+    assert endpoint.calls == 3
+
+
+async def test_a_renewed_token_the_api_refuses_too_is_not_renewed_again() -> None:
+    # GIVEN an API refusing every token: the first 401 renews the token once
+    auth = provider(Clock(), TokenEndpoint(3600, 3600, 3600))
+    first = await auth.headers()
+    assert await auth.on_unauthorized(first) is True
+    renewed = await auth.headers()
+    assert renewed != first
+    # WHEN the renewed token is refused too, by many requests
+    retry = await asyncio.gather(*(auth.on_unauthorized(renewed) for _ in range(8)))
+    # THEN none of them asks for another token: 2 token requests in all
+    assert retry == [False] * 8
+    assert auth.token_requests == 2
