@@ -273,8 +273,9 @@ OPTION_HELP = {
     "expect_json": "store bodies as received, even when they are not JSON/NDJSON",
     "fail_on_error": "treat any failed item as a failed run (the CLI exits 1 either way)",
     "s3_max_attempts": "attempts per S3 call (SlowDown, 5xx, dropped connection) within a deadline",
-    "adaptive": "keep concurrency fixed: no AIMD limit, no shared Retry-After pause per API origin",
+    "adaptive": "fixed concurrency: no adaptive limit, pause or pace per origin",
     "max_catch_up": "incremental runs: steps one run covers at most, oldest first (default 1000)",
+    "max_retry_after_s": "longest Retry-After honoured; an item asked for more fails throttled",
 }
 
 
@@ -687,15 +688,15 @@ def _bytes_text(count: int, rule: str) -> str:
 
 
 def _throttled_row(result: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``throttled  24 (API limit down to 32, paced at 40/s)``, when anything was."""
+    """``throttled  24 (API limit down to 32, paced down to 28/s)``, when anything was."""
     if not result.get("throttled"):
         return []
     adaptive = result.get("adaptive") or {}
     text = f"{result['throttled']:,}"
     if adaptive.get("enabled") and adaptive.get("api_lowest") is not None:
         text += f" (API limit down to {adaptive['api_lowest']}"
-        pace = adaptive.get("api_pace_per_s")
-        text += f", paced at {pace:g}/s)" if pace is not None else ")"
+        pace = adaptive.get("api_pace_lowest_per_s") or adaptive.get("api_pace_per_s")
+        text += f", paced down to {pace:g}/s)" if pace is not None else ")"
     return [("throttled", text)]
 
 

@@ -1,4 +1,4 @@
-"""Throttling that adapts (CONTRACT §14, issue 11), against real local servers.
+"""Throttling that adapts (CONTRACT §14, issues 11 and 19), against real local servers.
 
 S3 side: ``S3FaultProxy`` between the handler and moto answers a sustained share
 of PutObject, UploadPart and CompleteMultipartUpload calls with SlowDown or a
@@ -17,6 +17,7 @@ import pytest
 
 from handler.app import lambda_handler
 from tests.conftest import RAW_BUCKET
+from tests.support import throttling as sparse
 from tests.support.faults import FaultyAPI, RateLimitedAPI, S3FaultProxy, expected_bytes
 from tests.support.lambda_context import LocalContext
 from tests.support.reliability import assert_s3_outcome, event_for, served_body
@@ -156,3 +157,101 @@ def test_a_rate_limited_api_is_respected(s3: MotoS3, api_server: Any) -> None:
     # half of what a fixed concurrency draws
     assert counts[True] <= 25, counts
     assert counts[True] * 2 <= counts[False], counts
+
+
+# ------------------------------------------------------- issue 19: polite, not timid
+
+
+def timed_run(event: dict[str, Any], timeout_s: float = 100) -> tuple[dict[str, Any], float]:
+    started = time.monotonic()
+    result, _ = run(event, timeout_s)
+    return result, time.monotonic() - started
+
+
+@pytest.mark.timeout(240)
+def test_a_sprinkle_of_refusals_from_an_api_with_no_rate_limit_costs_no_time(
+    s3: MotoS3, api_server: Any
+) -> None:
+    # GIVEN an API with no rate limit refusing single requests: 2% of items 429 +
+    # Retry-After: 1 on their first request, 4% 503 + Retry-After: 0 once, 6% failing
+    # for good (404, 500); 600 items at concurrency 64
+    items = 600
+    batch = [{"n": n} for n in range(items)]
+    good = [n for n in range(items) if sparse.good(n)]
+    walls, results = {}, {}
+    for adaptive in (False, True):
+        api = sparse.SparseRefusalsAPI()
+        url = api_server(api).url
+        options = {"concurrency": 64, "max_attempts": 3, "adaptive": adaptive}
+        s3.reset()
+        s3.create_bucket(RAW_BUCKET)
+        # WHEN the handler ingests them, adaptive off, then on (the default)
+        results[adaptive], walls[adaptive] = timed_run(
+            event_for(f"{url}/v1/data", batch=batch, options=options)
+        )
+        # THEN every good item is written, every other failed, counts exact, both ways
+        result = results[adaptive]
+        assert (result["succeeded"], result["failed"]) == (len(good), items - len(good))
+        assert {f["kind"] for f in result["failures"]} == {"http_status"}
+        assert result["throttled"] == api.answered[429] + api.answered[503]
+        assert api.answered[429] == items // 50 and api.answered[503] == 2 * items // 50
+    bodies = {n: served_body(batch[n]) if n in set(good) else b"" for n in range(items)}
+    assert_s3_outcome(s3, results[True], bodies)
+    # AND adaptive, the API's limit never moved, no pace was learned, and the run took
+    # about as long as with adaptive off (main: a limit of 3 and 18x the time)
+    figures = results[True]["adaptive"]
+    assert figures["api_lowest"] == 64, figures
+    assert figures["api_pace_lowest_per_s"] is None, figures
+    assert walls[True] <= 1.2 * walls[False] + 0.5, walls
+
+
+def test_a_retry_after_of_a_day_fails_that_item_throttled_and_holds_nobody_else(
+    s3: MotoS3, faulty_api: tuple[FaultyAPI, str]
+) -> None:
+    # GIVEN 21 items, the first answered 429 + Retry-After: 86400 every time, the others
+    # 200; concurrency 4 and 12 s on the Lambda clock
+    api, url = faulty_api
+    batch = [{"key": "day", "seconds": 86400, "times": 99}]
+    batch += [{"key": f"k{i}", "times": 0} for i in range(1, 21)]
+    event = event_for(f"{url}/retry-after-seconds", batch=batch, options={"concurrency": 4})
+    # WHEN the handler ingests them
+    started = time.monotonic()
+    result, context = run(event, timeout_s=12)
+    # THEN the other 20 are written, at once; the first failed throttled after one attempt
+    assert time.monotonic() - started < 5
+    assert (result["succeeded"], result["failed"]) == (20, 1), result["failures"]
+    [failure] = result["failures"]
+    assert (failure["index"], failure["kind"], failure["attempts"]) == (0, "throttled", 1)
+    assert api.hits["day"] == 1
+    bodies = {i: b"" if i == 0 else served_body(p) for i, p in enumerate(batch)}
+    assert_s3_outcome(s3, result, bodies, context=context)
+
+
+@pytest.mark.timeout(240)
+def test_s3_slowdown_on_half_the_writes_costs_little_and_learns_no_pace(
+    s3: MotoS3, s3_proxy: S3FaultProxy, faulty_api: tuple[FaultyAPI, str]
+) -> None:
+    # GIVEN S3 answering SlowDown to half of all PUTs, 150 small items, 25 s deadline
+    _, url = faulty_api
+    batch = bytes_batch([2048] * 150)
+    walls, results = {}, {}
+    for adaptive in (False, True):
+        s3.reset()
+        s3.create_bucket(RAW_BUCKET)
+        s3_proxy.clear()
+        s3_proxy.fail_at_rate(["PutObject"], 0.5, ("slowdown",), seed=19)
+        options = {"expect_json": False, "adaptive": adaptive}
+        # WHEN the handler ingests them with throttling off, then on
+        event = event_for(f"{url}/bytes", batch=batch, options=options)
+        started = time.monotonic()
+        results[adaptive], context = run(event, timeout_s=25)
+        walls[adaptive] = time.monotonic() - started
+        # THEN every item is written, both ways
+        assert results[adaptive]["succeeded"] == 150, results[adaptive]["failures"][:3]
+    bodies = {i: expected_bytes(2048, i) for i in range(150)}
+    assert_s3_outcome(s3, results[True], bodies, context=context)
+    # AND adaptive, S3 learned no pace, and it took at most 1.5x the time
+    figures = results[True]["adaptive"]
+    assert figures["s3_pace_lowest_per_s"] is None, figures
+    assert results[True]["throttled"] > 50
+    assert walls[True] <= 1.5 * walls[False] + 1.0, walls
