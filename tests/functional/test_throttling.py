@@ -93,8 +93,9 @@ def test_an_s3_that_never_recovers_fails_items_at_s3_max_attempts(
         assert failure["s3_attempts"] == 4
         assert "SlowDown" in failure["error"]
         assert "after 4 attempts (s3_max_attempts reached)" in failure["error"]
-    assert result["throttled"] == 8
-    assert result["retries"] == 6
+    # AND every SlowDown counts: 4 per item and 4 for the manifest's PUT (CONTRACT §14)
+    assert result["throttled"] == 8 + 4
+    assert result["retries"] == 6 + 3
     assert_s3_outcome(s3, result, {0: b"", 1: b""}, context=context)
 
 
