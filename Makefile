@@ -5,25 +5,28 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 CLI_STAMP := $(VENV)/.installed-cli
 BENCH_STAMP := $(VENV)/.installed-bench
+# Every install resolves against the pinned tree: fast and the same with any pip
+# (without it, pip backtracks through boto3/botocore releases; see tools/pin_constraints.py).
+CONSTRAINTS := constraints.txt
 
 .PHONY: demo test soak bench bench-quick lint typecheck clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $@
 
 # The demo needs only the cli extra (rich, moto's server); the dev extra includes it.
-$(CLI_STAMP): pyproject.toml
+$(CLI_STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[cli]'
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[cli]'
 	touch $@
 
 # The benchmarks also need the bench extra (dlt as a peer, pyinstrument).
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+$(BENCH_STAMP): $(STAMP) pyproject.toml $(CONSTRAINTS)
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[dev,bench]'
 	touch $@
 
 tools/asl/node_modules/.installed: tools/asl/package.json tools/asl/package-lock.json
