@@ -251,7 +251,7 @@ async def run_job(
         await run.sink.close(run.clock)
         return await _finish(run, span, started, write_manifest, manifest_prefix)
     finally:
-        await run.sink.abort("cancelled")  # a no-op once closed
+        await run.sink.abort("cancelled", run.clock)  # a no-op once closed
         run.tally.close()
         if own_http:
             await http.close()
@@ -273,11 +273,8 @@ async def _fan_out(run: _Run, stop: asyncio.Event | None) -> tuple[int | None, i
     if stop is not None:
         waited.append(asyncio.create_task(stop.wait()))
     try:
-        await asyncio.wait(
-            waited,
-            timeout=run.clock.until(run.clock.hard_stop),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        timeout = run.clock.until(run.clock.hard_stop)
+        await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if stop is not None and stop.is_set():
             run.clock.reason = "interrupted"
         if not all(worker.done() for worker in workers):

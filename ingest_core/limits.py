@@ -84,6 +84,17 @@ class ByteBudget:
             raise
         return nbytes
 
+    def try_reserve(self, nbytes: int) -> bool:
+        """Take ``nbytes`` now if no one waits and they are free; never waits.
+
+        For a holder that must not wait while holding: on False it gives back
+        what it holds (spills it) before it waits with ``reserve``.
+        """
+        if self._waiters or self._available < nbytes:
+            return False
+        self._take(max(0, nbytes))
+        return True
+
     def release(self, nbytes: int) -> None:
         """Give back a reservation and wake whoever now fits."""
         self._available += max(0, nbytes)

@@ -17,6 +17,7 @@ The engine never branches on which one it has.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ import aiohttp
 
 from ingest_core.clock import RunClock
 from ingest_core.config import Options
+from ingest_core.errors import BodyTooLarge
 from ingest_core.events import Job, PlannedItem
 from ingest_core.fetcher import iter_body, safe_content_type
 from ingest_core.keys import PackKeys, params_hash
@@ -68,8 +70,8 @@ class Sink(Protocol):
         """End the run's writes within the clock's bounds; every item is reported after."""
         ...
 
-    async def abort(self, why: str) -> None:
-        """Stop now; every item handed over and not yet reported is reported."""
+    async def abort(self, why: str, clock: RunClock) -> None:
+        """Stop now, within the clock; every item handed over and not reported is reported."""
         ...
 
 
@@ -123,7 +125,7 @@ class ObjectSink:
     async def close(self, clock: RunClock) -> None:
         return None  # every object ended with its page
 
-    async def abort(self, why: str) -> None:
+    async def abort(self, why: str, clock: RunClock) -> None:
         return None  # uploads in flight are the UploadTracker's
 
     def meta(self, item: PlannedItem, info: BodyInfo, page: int) -> ObjectMeta:
@@ -187,8 +189,8 @@ class PackSink:
         if self.stale is not None:
             await self.stale.remove(clock)
 
-    async def abort(self, why: str) -> None:
-        await self.packer.abort(why)
+    async def abort(self, why: str, clock: RunClock) -> None:
+        await self.packer.abort(why, clock)
 
 
 async def pack_sink(
@@ -224,16 +226,22 @@ class _PackItem:
         info = body_info(response)
         self._drop(number)  # an earlier attempt of this page
         staged = self.staged[number] = packer.new_item()
-        lines = await packer.stage(
-            staged,
-            iter_body(response, READ_CHUNK),
-            index=self.item.index,
-            page=number,
-            params=self.item.params,
-            status=response.status,
-            content_type=info.content_type,
-            content_length=None if info.encoded else info.content_length,
-        )
+        try:
+            lines = await packer.stage(
+                staged,
+                iter_body(response, READ_CHUNK),
+                make_room=functools.partial(self._spill_others, number),
+                index=self.item.index,
+                page=number,
+                params=self.item.params,
+                status=response.status,
+                content_type=info.content_type,
+                content_length=None if info.encoded else info.content_length,
+            )
+            self._bound()
+        except BaseException:
+            self._drop(number)  # a failed attempt holds nothing while the next one waits
+            raise
         keep = self.sink.keep
         value = NOT_ONE_VALUE if lines.value is NOT_ONE_VALUE or keep is None else keep(lines.value)
         return Stored(staged.received, 0, lines.records, multipart=False, value=value)
@@ -253,6 +261,18 @@ class _PackItem:
             result, key=None, page_keys=(), stored_bytes=0, received_bytes=merged.received
         )
         self.sink.packer.submit(merged, pending)
+
+    def _spill_others(self, number: int) -> None:
+        """Before this page waits for budget, its item's other pages go to disk."""
+        for other, staged in self.staged.items():
+            if other != number:
+                staged.spill()
+
+    def _bound(self) -> None:
+        """A packed chain's lines together stay within ``max_body_bytes`` (memory or disk)."""
+        limit = self.sink.packer.max_item
+        if sum(staged.size for staged in self.staged.values()) > limit:
+            raise BodyTooLarge(f"a packed item's lines exceed max_body_bytes ({limit})")
 
     def _drop(self, number: int) -> None:
         previous = self.staged.pop(number, None)

@@ -1,20 +1,20 @@
 """Packing (CONTRACT §13): many pages become NDJSON lines in a few large objects.
 
-``units`` turns one page into lines (one class per ``unit``); ``packer`` stages an
-item's lines within the memory budget and streams them into rotating objects.
+``units`` turns one page into lines (one class per ``unit``); ``staging`` holds an
+item's lines within the memory budget (or spilled); ``packer`` streams them into
+rotating objects.
 """
 
 from ingest_core.packing.packer import (
     COMPLETE_GRACE_S,
     FLUSH_EVERY,
     PACK_CONTENT_TYPE,
-    SMALL_RESERVATION,
     Packer,
     ResultSink,
-    Staged,
     first_index,
     read_item,
 )
+from ingest_core.packing.staging import SMALL_RESERVATION, Staged
 from ingest_core.packing.units import Lines, PackUnit, Page, RecordUnit, ResponseUnit, make_unit
 
 __all__ = [

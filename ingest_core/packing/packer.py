@@ -1,17 +1,23 @@
 """Packing (CONTRACT §13): many pages become NDJSON lines in a few large objects.
 
-The engine hands each fetched page to ``Packer.stage`` (which reads the body
-within the memory budget and turns it into lines with the run's ``PackUnit``)
-and each finished item to ``Packer.submit``. One packer task appends items, in
-the order they finish, to the open object: an item's lines are contiguous and
-never span two objects. The object streams to the writer as a multipart upload
-while it fills (parts of ``part_size``; an object that ends smaller than a part
-goes as one PUT) and rotates when ``target_mb`` of stored bytes is reached.
+The pack sink hands each fetched page to ``Packer.stage`` (which reads the body
+within the memory budget and turns it into lines with the run's ``PackUnit``,
+staging.py) and each finished item to ``Packer.submit``. One packer task appends
+items, in the order they finish, to the open object: an item's lines are
+contiguous and never span two objects. The object streams to the writer as a
+multipart upload while it fills (parts of ``part_size``; an object that ends
+smaller than a part goes as one PUT) and rotates when ``target_mb`` of stored
+bytes is reached.
 
-Accounting: an item is reported only when the object holding its lines is
-complete: written (with its key, first line, line count and where its bytes
-are) or, when the object could not be completed, failed with kind ``s3_error``
-after the upload was aborted, so nothing is left under that key.
+Accounting: every submitted item is reported exactly once. Written (with its key,
+first line, line count and where its bytes are) once the object holding its lines
+is complete; failed when the object could not be completed (kind ``s3_error`` for a
+write error of S3 or the local folder, ``internal`` for a bug, ``deadline`` when
+the run stopped first), after which its upload is aborted; ``write_unknown`` when
+the object's Complete was still unanswered at the stop; not attempted when it was
+still queued. The task reports what it still holds from its ``finally``, so no
+cancellation can lose an item. Each object's S3 retries and throttles are counted
+on its first item (every item carries the object's ``s3_attempts``).
 
 Gzip objects are one gzip member with a full flush (Z_FULL_FLUSH) before an item
 whenever ``FLUSH_EVERY`` uncompressed bytes were written since the last one.
@@ -21,121 +27,60 @@ compressed offset of its block and how many uncompressed bytes to skip there:
 
 ::
 
-    engine worker ──stage(page)──▶ Staged ──submit(item)──▶ queue ──▶ packer task
-                                                                   │ lines → gzip → part buffer
-                                                                   ▼
-                                                  writer.start_multipart / upload_part / complete
+    pack sink ──stage(page)──▶ Staged ──submit(item)──▶ queue ──▶ packer task
+                                                                │ lines → gzip → part buffer
+                                                                ▼
+                                                 writer.start_multipart / upload_part / complete
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
 from ingest_core.clock import RunClock
 from ingest_core.config import Options, PackOptions
-from ingest_core.errors import BodyTooLarge, FailureKind, S3WriteError, TruncatedBody
+from ingest_core.errors import FailureKind, TruncatedBody, WriteError
 from ingest_core.keys import PackKeys
 from ingest_core.limits import ByteBudget
+from ingest_core.packing.staging import MakeRoom, Staged, keep_lines, read_body
 from ingest_core.packing.units import Lines, PackUnit, Page
 from ingest_core.results import ItemResult, ItemStatus, PackSpan
+from ingest_core.s3retry import S3Retry, WriteStats, write_scope
+from ingest_core.s3retry import current as current_s3_retry
 from ingest_core.writers import MultipartUpload, ObjectMeta, ObjectWriter
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 1024 * 1024  # uncompressed bytes between restart points in a gzip object
-SMALL_RESERVATION = 256 * 1024
-COMPLETE_GRACE_S = 1.0  # how long a stop waits for a Complete already in flight
+COMPLETE_GRACE_S = 1.0  # how long a stop from outside waits for a Complete in flight
 PACK_CONTENT_TYPE = "application/x-ndjson"
 GZIP_PACK_CONTENT_TYPE = "application/gzip"
 ResultSink = Callable[[ItemResult], None]
-
-# ----------------------------------------------------------------------------- staging
-
-
-@dataclass(slots=True)
-class Staged:
-    """An item's lines, ready to pack, holding their memory budget reservation."""
-
-    budget: ByteBudget
-    reserved: int
-    data: bytearray = field(default_factory=bytearray)
-    lines: int = 0
-    records: int | None = 0
-    received: int = 0
-    pages: int = 0
-
-    def add(self, lines: Lines, received: int) -> None:
-        self.data += lines.data
-        self.lines += lines.count
-        self.received += received
-        self.pages += 1
-        if self.records is not None:
-            self.records = None if lines.records is None else self.records + lines.records
-
-    def merge(self, other: Staged) -> None:
-        """Append ``other``'s lines (the next page) and take over its reservation."""
-        self.data += other.data
-        self.lines += other.lines
-        self.received += other.received
-        self.pages += other.pages
-        if self.records is not None:
-            self.records = None if other.records is None else self.records + other.records
-        self.reserved += other.reserved
-        other.reserved, other.data = 0, bytearray()
-
-    def release(self) -> None:
-        """Give the reservation back; safe to call more than once."""
-        self.budget.release(self.reserved)
-        self.reserved = 0
+Update = Callable[[int, ItemResult], ItemResult]  # (position in the object, result) -> final
 
 
-async def _read_body(
-    chunks: AsyncIterator[bytes],
-    staged: Staged,
-    *,
-    limit: int,
-    hint: int | None,
-) -> bytes:
-    """Read a whole body; ``staged`` holds twice its size (body and lines) beside its lines."""
-    base = len(staged.data)
-    body = bytearray()
-    await _grow(staged, base + 2 * min(limit, hint or SMALL_RESERVATION))
-    async for chunk in chunks:
-        if len(body) + len(chunk) > limit:
-            raise BodyTooLarge(f"a packed body must fit in memory: at most {limit} bytes")
-        body += chunk
-        if base + 2 * len(body) > staged.reserved:
-            await _grow(staged, base + min(2 * limit, 4 * len(body)))
-    return bytes(body)
-
-
-async def _grow(staged: Staged, total: int) -> None:
-    """Hold ``total`` bytes; give back first, so no one waits while holding (ByteBudget)."""
-    if total <= staged.reserved:
-        return
-    staged.release()
-    staged.reserved = await staged.budget.reserve(total)
+def _nothing_to_spill() -> None:
+    return None
 
 
 # ----------------------------------------------------------------------------- objects
 
 
-@dataclass(slots=True)
+@dataclasses.dataclass(slots=True)
 class _Held:
     result: ItemResult
     span: PackSpan
 
 
 class _Object:
-    """One pack object being filled: its compressor, part buffer and items."""
+    """One pack object being filled: its compressor, part buffer, items and S3 figures."""
 
     def __init__(self, key: str, pack: PackOptions) -> None:
         self.key = key
@@ -152,14 +97,15 @@ class _Object:
         self.since_flush = 0
         self.block_start = 0  # compressed offset of the current restart point
         self.items: list[_Held] = []
+        self.stats = WriteStats()  # every S3 call of this object
 
     @property
     def size(self) -> int:
         """Stored bytes so far (compressed, when compressing)."""
         return self.stored + len(self.buf)
 
-    def append(self, staged: Staged, result: ItemResult) -> None:
-        """Add one item's lines; no await, so an item is never half in an object."""
+    def place(self, staged: Staged, result: ItemResult) -> None:
+        """Take the item: from here its fate is the object's (its lines follow in ``feed``)."""
         if self.gzip is not None and self.since_flush >= FLUSH_EVERY:
             # A restart point: decompression can begin here (raw deflate, no history).
             self.buf += self.gzip.flush(zlib.Z_FULL_FLUSH)
@@ -174,18 +120,38 @@ class _Object:
             line_count=staged.lines,
             offset=offset,
             skip=skip,
-            length=len(staged.data),
+            length=staged.size,
             gzip=self.gzip is not None,
         )
-        self.buf += self.gzip.compress(staged.data) if self.gzip is not None else staged.data
         self.lines += staged.lines
-        self.raw += len(staged.data)
-        self.since_flush += len(staged.data)
         self.items.append(_Held(result, span))
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        self.buf += self.gzip.compress(chunk) if self.gzip is not None else chunk
+        self.raw += len(chunk)
+        self.since_flush += len(chunk)
 
     def finish(self) -> None:
         if self.gzip is not None:
             self.buf += self.gzip.flush()
+
+    def report(self, on_result: ResultSink, update: Update) -> None:
+        """Every item the object holds ends once (``update`` says how); it holds none after.
+
+        The object's S3 retries and throttles are counted on its first item only, so
+        the run's figures count each once.
+        """
+        items, self.items = self.items, []
+        for position, held in enumerate(items):
+            result = dataclasses.replace(
+                held.result, key=self.key, s3_attempts=self.stats.attempts, pack=held.span
+            )
+            if position == 0:
+                throttled = result.throttled + self.stats.throttled
+                result = dataclasses.replace(
+                    result, s3_retries=self.stats.retries, throttled=throttled
+                )
+            on_result(update(position, result))
 
 
 # ----------------------------------------------------------------------------- packer
@@ -220,23 +186,28 @@ class Packer:
         self.on_result = on_result
         # The packer's own buffer takes a part; a staged body and its lines the rest.
         self.max_body = min(options.max_body_bytes, (options.memory_budget - self.part_size) // 2)
+        self.max_item = options.max_body_bytes  # an item's lines, spilled or not
         self._queue: asyncio.Queue[tuple[Staged, ItemResult] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._retry = S3Retry()
         self._held = 0
         self._part = 0
         self._open: _Object | None = None
         self._completing: asyncio.Future[None] | None = None
+        self._aborts: set[asyncio.Future[None]] = set()
+        self._stopped: str | None = None  # why the packer stopped taking items
         self.objects_written = 0
         self.objects_failed = 0
 
     async def start(self) -> None:
-        """Reserve the part buffer and start the packer task."""
+        """Reserve the part buffer and start the packer task (S3 retries: the caller's)."""
+        self._retry = current_s3_retry()
         self._held = await self.budget.reserve(self.part_size)
         self._task = asyncio.create_task(self._run(), name="packer")
 
     def new_item(self) -> Staged:
         """An empty staging area for one item's pages."""
-        return Staged(self.budget, 0)
+        return Staged(self.budget)
 
     async def stage(
         self,
@@ -249,91 +220,110 @@ class Packer:
         status: int,
         content_type: str | None,
         content_length: int | None,
+        make_room: MakeRoom = _nothing_to_spill,
     ) -> Lines:
         """Read one page whole and add its lines to ``staged``; return them (and the value).
+
+        ``make_room``: spills what the item holds elsewhere before a wait for budget.
 
         Raises:
             FetchError: the body is too large for memory, truncated or invalid.
         """
         fetched_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        body = await _read_body(chunks, staged, limit=self.max_body, hint=content_length)
+        body = await read_body(
+            chunks, staged, limit=self.max_body, hint=content_length, make_room=make_room
+        )
         if content_length is not None and len(body) != content_length:
             raise TruncatedBody(f"received {len(body)} of {content_length} bytes (Content-Length)")
         lines = self.unit.lines(Page(index, page, params, body, status, content_type, fetched_at))
-        staged.add(lines, received=len(body))
+        received = len(body)
+        del body  # the lines are measured against the budget without it
+        keep_lines(staged, lines, received)
         return lines
 
     def submit(self, staged: Staged, result: ItemResult) -> None:
         """Hand a fetched item to the packer; its result is reported when its object ends."""
-        self._queue.put_nowait((staged, result))
+        if self._stopped is None:
+            self._queue.put_nowait((staged, result))
+            return
+        staged.release()
+        self.on_result(_not_packed(result, self._stopped))
 
     async def close(self, clock: RunClock | None = None) -> None:
         """Complete the open object and report every item; give up at ``clock.complete_by``.
 
-        Items in an object that could not be completed in time fail (``s3_error``,
-        upload aborted); items not yet packed are reported as not attempted.
+        Items in an object that could not be completed in time fail (kind
+        ``deadline``, upload aborted); items not yet packed are reported as not
+        attempted. Nothing here is waited for past the clock's bound.
         """
         if self._task is None:
             return
         self._queue.put_nowait(None)
+        within = None if clock is None else clock.until(clock.complete_by)
         try:
-            within = None if clock is None else clock.until(clock.complete_by)
             await asyncio.wait_for(asyncio.shield(self._task), within)
         except TimeoutError:
-            await self.abort("the pack could not be completed before the deadline")
-        except Exception as exc:  # a bug in the packer must not lose items: report them
-            log.exception("packer failed")
-            await self.abort(f"packer failed: {type(exc).__name__}")
+            await self._stop("the pack could not be completed before the deadline", grace_s=0)
         finally:
-            self.budget.release(self._held)
-            self._held = 0
+            self._give_back_part()
 
-    async def abort(self, why: str) -> None:
-        """Stop now: abort the open object, fail its items, report queued ones."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        completing = self._completing
-        if completing is not None and not completing.done():
-            try:  # it reports its items itself, written or failed, once S3 answers
-                await asyncio.wait_for(asyncio.shield(completing), COMPLETE_GRACE_S)
-            except TimeoutError:
-                self._unknown(why)
-        if self._open is not None:
-            await self._fail(self._open, why)
-        self._drain(why)
+    async def abort(self, why: str, clock: RunClock | None = None) -> None:
+        """Stop now: every item still held is reported; a no-op once stopped or closed.
 
-    def _unknown(self, why: str) -> None:
-        """The open object's Complete (or PUT) is still in flight: it may or may not land."""
-        obj, self._open = self._open, None
-        if obj is None:
+        A Complete already in flight gets ``COMPLETE_GRACE_S`` (within the clock's
+        ``finish_by``) to answer before its items are reported as ``write_unknown``.
+        """
+        left = None if clock is None else clock.left()
+        await self._stop(
+            why, grace_s=COMPLETE_GRACE_S if left is None else min(COMPLETE_GRACE_S, left)
+        )
+        self._give_back_part()
+
+    async def _stop(self, why: str, *, grace_s: float) -> None:
+        if self._stopped is not None or self._task is None or self._task.done():
+            self._stopped = self._stopped or why
             return
-        text = f"{why} while S3 was completing pack object {obj.key}: it may exist"
-        self._report(obj, ItemStatus.WRITE_UNKNOWN, FailureKind.DEADLINE, text)
+        self._stopped = why
+        completing = self._completing
+        if completing is not None and not completing.done() and grace_s > 0:
+            await asyncio.wait([completing], timeout=grace_s)
+        self._task.cancel()
+        await asyncio.wait([self._task])  # its finally reports what it still held
+
+    def _give_back_part(self) -> None:
+        self.budget.release(self._held)
+        self._held = 0
+
+    # ------------------------------------------------------------------ the task
 
     async def _run(self) -> None:
-        while (entry := await self._queue.get()) is not None:
-            staged, result = entry
-            try:
-                await self._append(staged, result)
-            finally:
-                staged.release()
-        if self._open is not None:
-            await self._complete(self._open)
-
-    async def _append(self, staged: Staged, result: ItemResult) -> None:
-        obj = self._open or self._new_object()
-        obj.append(staged, result)
-        staged.data = bytearray()  # compressed into the object: let it go now
         try:
-            while len(obj.buf) >= self.part_size:
-                await self._send_part(obj)
-        except S3WriteError as exc:
-            await self._fail(obj, str(exc))
-            return
-        if obj.size >= self.pack.target_bytes:
-            await self._complete(obj)
+            while (entry := await self._queue.get()) is not None:
+                await self._take(*entry)
+            if self._open is not None:
+                await self._complete(self._open)
+        finally:
+            self._settle_rest(self._stopped or "the packer stopped")
+
+    async def _take(self, staged: Staged, result: ItemResult) -> None:
+        """Pack one item; a failure fails its object (and only it), never the task."""
+        obj: _Object | None = None
+        try:
+            obj = self._open or self._new_object()
+            obj.place(staged, result)
+            for chunk in staged.chunks():
+                obj.feed(chunk)
+                while len(obj.buf) >= self.part_size:
+                    await self._send_part(obj)
+            if obj.size >= self.pack.target_bytes:
+                await self._complete(obj)
+        except Exception as exc:  # a write error (S3, a full disk) or a bug: not the task's end
+            if obj is None:
+                self.on_result(_failed(result, FailureKind.INTERNAL, _why(exc)))
+            else:
+                await self._fail(obj, _why(exc), _kind(exc))
+        finally:
+            staged.release()
 
     def _new_object(self) -> _Object:
         obj = _Object(self.keys.key(self._part), self.pack)
@@ -351,12 +341,17 @@ class Packer:
             metadata={"source-id": self.keys.source_id, "request-id": self.keys.request_id},
         )
 
+    def _scope(self, obj: _Object) -> AbstractContextManager[WriteStats]:
+        """The run's S3 retries, counting into the object's figures."""
+        return write_scope(dataclasses.replace(self._retry, stats=obj.stats))
+
     async def _send_part(self, obj: _Object) -> None:
-        if obj.upload is None:
-            obj.upload = await self.writer.start_multipart(obj.key, self._meta())
-        # The whole buffer is the part: at least part_size, at most one item more.
-        with memoryview(obj.buf) as part:
-            await obj.upload.upload_part(part)
+        with self._scope(obj):
+            if obj.upload is None:
+                obj.upload = await self.writer.start_multipart(obj.key, self._meta())
+            # The whole buffer is the part: at least part_size, at most one chunk more.
+            with memoryview(obj.buf) as part:
+                await obj.upload.upload_part(part)
         obj.stored += len(obj.buf)
         obj.buf = bytearray()
 
@@ -369,71 +364,107 @@ class Packer:
 
     async def _store(self, obj: _Object) -> None:
         try:
-            if obj.upload is None:
-                await self.writer.put(obj.key, bytes(obj.buf), self._meta())
-            else:
-                if obj.buf:
-                    with memoryview(obj.buf) as part:
-                        await obj.upload.upload_part(part)
-                await obj.upload.complete()
-        except S3WriteError as exc:
-            await self._fail(obj, str(exc))
+            with self._scope(obj):
+                if obj.upload is None:
+                    await self.writer.put(obj.key, bytes(obj.buf), self._meta())
+                else:
+                    if obj.buf:
+                        with memoryview(obj.buf) as part:
+                            await obj.upload.upload_part(part)
+                    await obj.upload.complete()
+        except Exception as exc:
+            await self._fail(obj, _why(exc), _kind(exc))
             return
         obj.stored += len(obj.buf)
         obj.buf = bytearray()
-        self._open = None
+        if self._open is obj:
+            self._open = None
         self.objects_written += 1
         self._report_written(obj)
 
     def _report_written(self, obj: _Object) -> None:
         # Each item's share of the stored bytes, so bytes_written sums to the objects' sizes.
-        left = obj.stored
-        last = len(obj.items) - 1
-        for position, held in enumerate(obj.items):
-            share = obj.stored * held.span.length // max(1, obj.raw)
-            share = left if position == last else share
-            left -= share
-            self.on_result(
-                dataclasses.replace(held.result, key=obj.key, stored_bytes=share, pack=held.span)
-            )
+        shares = [obj.stored * held.span.length // max(1, obj.raw) for held in obj.items]
+        if shares:
+            shares[-1] = obj.stored - sum(shares[:-1])
+        obj.report(self.on_result, lambda at, r: dataclasses.replace(r, stored_bytes=shares[at]))
 
-    async def _fail(self, obj: _Object, why: str) -> None:
-        """The object cannot be completed: abort it and fail exactly its items."""
+    async def _fail(self, obj: _Object, why: str, kind: FailureKind) -> None:
+        """The object cannot be completed: fail exactly its items first, then abort it."""
         if self._open is obj:
             self._open = None
         self.objects_failed += 1
         obj.buf = bytearray()
+        text = f"pack object {obj.key} not completed: {why}"
+        obj.report(self.on_result, lambda _, r: _failed(r, kind, text))
         if obj.upload is not None:
             try:
                 await asyncio.shield(obj.upload.abort())
             except Exception:
                 log.warning("abort of pack upload failed", extra={"key": obj.key}, exc_info=True)
-        text = f"pack object {obj.key} not completed: {why}"
-        self._report(obj, ItemStatus.FAILED, FailureKind.S3_ERROR, text)
 
-    def _report(self, obj: _Object, status: ItemStatus, kind: FailureKind, text: str) -> None:
-        """Every item the object held ends with the object's fate, and it holds none after."""
-        for held in obj.items:
-            self.on_result(
-                dataclasses.replace(held.result, key=obj.key, status=status, kind=kind, error=text)
-            )
-        obj.items = []
-
-    def _drain(self, why: str) -> None:
+    def _settle_rest(self, why: str) -> None:
+        """The task ends: report every item it still holds (no await: cancellation-proof)."""
+        self._stopped = self._stopped or why
+        obj, self._open = self._open, None
+        if obj is not None and obj.items:
+            completing = self._completing
+            if completing is not None and not completing.done():
+                text = f"{why} while S3 was completing pack object {obj.key}: it may exist"
+                obj.report(self.on_result, lambda _, r: _unknown(r, text))
+            else:
+                text = f"pack object {obj.key} not completed: {why}"
+                obj.report(self.on_result, lambda _, r: _failed(r, FailureKind.DEADLINE, text))
+                self._abort_later(obj)
         while not self._queue.empty():
             entry = self._queue.get_nowait()
-            if entry is None:
-                continue
-            staged, result = entry
-            staged.release()
-            self.on_result(
-                dataclasses.replace(
-                    result,
-                    status=ItemStatus.NOT_ATTEMPTED,
-                    kind=FailureKind.DEADLINE,
-                    error=f"fetched but not packed: {why}",
-                )
-            )
+            if entry is not None:
+                staged, result = entry
+                staged.release()
+                self.on_result(_not_packed(result, why))
+
+    def _abort_later(self, obj: _Object) -> None:
+        """Start the abort of an object's upload; a tracked writer follows it to the end."""
+        if obj.upload is None:
+            return
+        task = asyncio.ensure_future(obj.upload.abort())
+        self._aborts.add(task)
+        task.add_done_callback(_log_abort_failure)
+        task.add_done_callback(self._aborts.discard)
+
+
+def _log_abort_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("abort of pack upload failed", exc_info=task.exception())
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, WriteError):
+        return str(exc)
+    log.error("packer: unexpected error", exc_info=exc)
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _kind(exc: Exception) -> FailureKind:
+    return FailureKind.S3_ERROR if isinstance(exc, WriteError) else FailureKind.INTERNAL
+
+
+def _failed(result: ItemResult, kind: FailureKind, text: str) -> ItemResult:
+    return dataclasses.replace(result, status=ItemStatus.FAILED, kind=kind, error=text)
+
+
+def _unknown(result: ItemResult, text: str) -> ItemResult:
+    status, kind = ItemStatus.WRITE_UNKNOWN, FailureKind.DEADLINE
+    return dataclasses.replace(result, status=status, kind=kind, error=text)
+
+
+def _not_packed(result: ItemResult, why: str) -> ItemResult:
+    return dataclasses.replace(
+        result,
+        status=ItemStatus.NOT_ATTEMPTED,
+        kind=FailureKind.DEADLINE,
+        error=f"fetched but not packed: {why}",
+    )
 
 
 def read_item(chunks: Iterable[bytes], span: PackSpan) -> tuple[bytes, int]:
