@@ -40,9 +40,10 @@ from ingest_core.clock import RunClock
 from ingest_core.errors import WriteError
 from ingest_core.events import Job, PlannedItem
 from ingest_core.fetcher import CREDENTIAL_HEADERS, RequestShape, make_http_session
+from ingest_core.hints import page_keep
 from ingest_core.limits import S3_ORIGIN, ByteBudget, OriginLimits, TokenBucket
 from ingest_core.manifest import manifest_key_for, store_manifest
-from ingest_core.pagination import PageRequest, PageView, make_chain, project
+from ingest_core.pagination import PageRequest, PageView, make_chain
 from ingest_core.redact import register_secret
 from ingest_core.results import ItemResult, ItemStatus, Tally
 from ingest_core.s3retry import S3Retry, WriteStats, write_scope
@@ -87,8 +88,7 @@ class _Run:
         self.shape = shape
         # One slot per request in flight, for runs whose items are chains of pages.
         self.slots = asyncio.Semaphore(job.options.concurrency)
-        pagination = job.api.pagination
-        self.keep = functools.partial(project, paths=pagination.paths) if pagination else None
+        self.keep = page_keep(job.api.pagination)  # what the paginator, or the warnings, read
         self.attempts = Attempts(
             http=http,
             policy=settings.policy,

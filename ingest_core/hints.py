@@ -24,13 +24,14 @@ at different next pages instead of taking the first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from yarl import URL
 
-from ingest_core.pagination import NOT_PARSED, PageView, next_link
+from ingest_core.pagination import NOT_PARSED, PageView, PaginationConfig, next_link, project
 from ingest_core.results import ItemResult, ItemStatus
 
 # Depth of nested objects searched for fields (links.next.href is depth 2).
@@ -44,7 +45,6 @@ TOTAL_RECORDS_KEYS: Final = frozenset(
     {"total", "totalcount", "totalresults", "totalrecords", "totalitems", "totalhits"}
 )
 TOTAL_HEADERS: Final = ("X-Total-Count", "X-Total", "Total-Count")
-MAX_WARNING_SAMPLES: Final = 3
 
 Pagination = dict[str, Any]
 
@@ -99,6 +99,14 @@ def _keep(node: Mapping[str, Any], depth: int) -> dict[str, Any]:
             if inner:
                 kept[key] = inner
     return kept
+
+
+def page_keep(pagination: PaginationConfig | None) -> Callable[[Any], Any]:
+    """What a page keeps of its parsed body: the paths its paginator reads, or,
+    without pagination, what ``keep`` takes for the warnings."""
+    if pagination is None:
+        return keep
+    return functools.partial(project, paths=pagination.paths)
 
 
 # -------------------------------------------------------------------- readings
@@ -350,7 +358,6 @@ class RunHints:
     empty_items: int = 0
     pages_with_next: int = 0
     first_next: Reading | None = None
-    samples: list[str] = field(default_factory=list)
 
     def on_page(self, page: PageView) -> None:
         """One page's response; only page 0 of an unpaginated item can hide more."""
@@ -362,8 +369,6 @@ class RunHints:
         self.pages_with_next += 1
         if self.first_next is None:
             self.first_next = found[0]
-        if len(self.samples) < MAX_WARNING_SAMPLES:
-            self.samples.append(str(page.url))
 
     def on_result(self, result: ItemResult) -> None:
         """The engine's ``on_item`` callback: items written now count (not skipped ones)."""
@@ -409,5 +414,4 @@ class RunHints:
             "responses": self.pages_with_next,
             "pagination": reading.pagination,
             "flags": reading.flags,
-            "examples": list(self.samples),
         }

@@ -178,6 +178,7 @@ async def execute(
     )
     hints = RunHints(paginated=job.api.pagination is not None, records_path=job.api.records_path)
     watched = _both(on_item, hints.on_result)
+    kwargs["on_page"] = lambda _item, view: hints.on_page(view)
     async with _target(job, settings, writer, local_dir, pool) as target:
 
         async def run(

@@ -84,12 +84,16 @@ async def _probe(job: Job, policy: NetPolicy, headers: dict[str, str] | None) ->
     from ingest_core.fetcher import RequestShape, make_http_session
     from ingest_core.secrets import resolve_secret, resolve_secret_params
 
+    from ingest_core.redact import register_secret
+
     options = job.options
     secret_params = (
         await asyncio.to_thread(resolve_secret_params, job.api.secret_params)
         if job.api.secret_params
         else {}
     )
+    for value in secret_params.values():  # a next link may echo them: scrubbed if printed
+        register_secret(value)
     async with make_http_session(
         concurrency=1,
         policy=policy,

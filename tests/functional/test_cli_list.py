@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.conftest import StartServer
 from tests.functional.test_cli import CLI, CLI_TIMEOUT_S, cli_env, run_cli  # noqa: F401
+from tests.support.datasette_api import Datasette, start_datasette
 from tests.support.paged_api import PagedAPI
 
 pytestmark = pytest.mark.timeout(120)
@@ -210,3 +212,86 @@ def test_a_million_line_list_is_checked_and_planned_in_bounded_memory(tmp_path: 
     assert large_run[:2] == (1_000_000, 1_000_000)
     growth_mib = large_run[2] - small_run[2]
     assert growth_mib < 16, f"peak RSS grew {growth_mib:.1f} MiB for 999,000 more lines"
+
+
+# ------------------------------------------------------------ Datasette, for real
+
+
+@pytest.fixture
+def datasette(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Datasette]:
+    """Datasette over a generated 3,000-row table: 1,000 rows per group, 100 to a page."""
+    pytest.importorskip("datasette", reason="the dev extra installs Datasette")
+    with start_datasette(tmp_path_factory.mktemp("datasette"), rows=3_000) as server:
+        yield server
+
+
+def stored_rows(folder: Path) -> Counter[int]:
+    return Counter(row["id"] for body in bodies_under(folder) for row in body["rows"])
+
+
+def test_list_against_datasette_lands_every_row_once_and_warns_when_it_looks_wrong(
+    datasette: Datasette, run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    # GIVEN a CSV list of Datasette filters, one per group of 1,000 rows
+    groups = tmp_path / "groups.csv"
+    groups.write_text("grp\na\nb\nc\n")
+    common = ["--query", "_shape=objects", "--records-path", "rows", "--json"]
+
+    # WHEN it is listed with --paginate auto
+    auto = run_cli(
+        *list_args(str(groups), datasette.table, tmp_path / "auto", *common), "--paginate", "auto"
+    )
+    # THEN the Link header is chosen (agreeing with next_url and the next cursor), and
+    # every row of the table lands exactly once, with no warning
+    assert auto.returncode == 0, auto.stderr
+    assert "--paginate auto chose link_header from Link header" in auto.stderr
+    assert "agrees with body field next" in auto.stderr
+    result = json.loads(auto.stdout)
+    assert (result["records_ingested"], result["pages_written"]) == (3_000, 30)
+    assert result["warnings"] == []
+    assert stored_rows(tmp_path / "auto") == Counter(range(1, 3_001))
+
+    # WHEN the same list runs without pagination
+    plain = run_cli(*list_args(str(groups), datasette.table, tmp_path / "plain", *common))
+    # THEN it succeeds with page 0 of each group only, and says so, naming the flags
+    assert plain.returncode == 0, plain.stderr
+    result = json.loads(plain.stdout)
+    assert (result["status"], result["records_ingested"]) == ("SUCCESS", 300)
+    (warning,) = result["warnings"]
+    assert warning["code"] == "next_page_ignored" and warning["responses"] == 3
+    assert warning["flags"] == "--paginate link_header"
+    assert "--paginate link_header, or --paginate auto" in warning["message"]
+
+    # WHEN a list names groups that do not exist (Datasette answers 200 with 0 rows)
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text('{"grp": "A"}\n{"grp": "B"}\n')
+    empty = run_cli(*list_args(str(wrong), datasette.table, tmp_path / "empty", *common[:-1]))
+    # THEN the run still succeeds, and the summary warns that every item was empty
+    assert empty.returncode == 0, empty.stderr
+    assert "warning: all 2 items returned 0 records at rows" in empty.stdout
+
+
+def test_paginate_auto_refuses_to_guess_when_page_0_disagrees_with_itself(
+    api_server: StartServer, run_cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    # GIVEN an API whose page 0 has a Link header and a body next link to different pages
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"items": [1, 2], "next": f"/v1/items?page=9&id={request.query['id']}"},
+            headers={"Link": '</v1/items?page=2>; rel="next"'},
+        )
+
+    app = web.Application()
+    app.router.add_get("/v1/items", handler)
+    url = api_server(app).url
+    items = tmp_path / "ids.jsonl"
+    items.write_text('{"id": 1}\n')
+    # WHEN it is listed with --paginate auto
+    done = run_cli(
+        *list_args(str(items), f"{url}/v1/items", tmp_path / "out"), "--paginate", "auto"
+    )
+    # THEN it is bad usage naming both readings, and nothing is stored
+    assert done.returncode == 2, done.stderr
+    assert "--paginate: auto refuses to guess: page 0's next links disagree" in done.stderr
+    assert "page=2" in done.stderr and "page=9" in done.stderr
+    assert not (tmp_path / "out").exists()
