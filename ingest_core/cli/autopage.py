@@ -82,9 +82,8 @@ def _probe_job(event: dict[str, Any], policy: NetPolicy) -> Job:
 async def _probe(job: Job, policy: NetPolicy, headers: dict[str, str] | None) -> PageView:
     from ingest_core.auth import make_auth
     from ingest_core.fetcher import RequestShape, make_http_session
-    from ingest_core.secrets import resolve_secret, resolve_secret_params
-
     from ingest_core.redact import register_secret
+    from ingest_core.secrets import resolve_secret, resolve_secret_params
 
     options = job.options
     secret_params = (
