@@ -29,11 +29,19 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from tests.support.echo_api import ANSWERS as RAW_ANSWERS
+from tests.support.echo_api import ANSWERS as ECHO_ANSWERS
 
 DAY_ZERO = dt.date(2025, 1, 1)
 SECRET_PARAM = "api_key"
 BACKLOG_FILLERS = 4  # more than a listen(0) backlog holds on Linux
+# echo_api's malformed answers (TOKEN, CRED), and the secret param (KEY) in two more.
+RAW_ANSWERS: dict[str, list[bytes]] = {
+    **ECHO_ANSWERS,
+    "key-content-length": [b"HTTP/1.1 200 OK\r\nX-K: KEY\r\nContent-Length: KEY\r\n\r\n{}"],
+    "key-location": [
+        b"HTTP/1.1 302 Found\r\nLocation: http://[KEY/next?k=KEY\r\nContent-Length: 0\r\n\r\n"
+    ],
+}
 
 
 class ConnectTimeoutPort:
@@ -86,8 +94,8 @@ def day(index: int) -> str:
 
 Echo = Callable[[web.Request, dict[str, str]], web.StreamResponse]
 
-# Every answer; ANSWERS_FOR_PAGES only mean something with link_header pagination.
-ANSWER_NAMES = (
+# Every answer; next links and totals only mean something with pagination.
+ANSWER_NAMES: tuple[str, ...] = (
     "ok",
     "ok-echo-headers",
     "error-body",
@@ -118,8 +126,8 @@ class HostileAPI:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         secrets = await _secrets_of(request)
         answer = request.query.get("answer") or self._answer_for(request.query.get("date"))
-        if request.query.get("page", "0") not in ("", "0", "1") and answer == "total":
-            return web.json_response({"data": [], "total": secrets["KEY"]})
+        if _later_page(request) and answer not in ("total", "next-link-loop"):
+            return web.json_response([])  # 0 records: the chain ends
         if answer.startswith("raw-"):
             return await _raw(request, RAW_ANSWERS[answer[4:]], secrets)
         return _ANSWERS[answer](self, request, secrets)
@@ -129,6 +137,12 @@ class HostileAPI:
             return "ok"
         index = (dt.date.fromisoformat(date) - DAY_ZERO).days
         return self.answers[index] if 0 <= index < len(self.answers) else "ok"
+
+
+def _later_page(request: web.Request) -> bool:
+    """A page after the first of page_number or cursor pagination."""
+    page = request.query.get("page", "")
+    return "cursor" in request.query or (page.isdigit() and int(page) > 1)
 
 
 async def _secrets_of(request: web.Request) -> dict[str, str]:
@@ -205,8 +219,9 @@ def _to(base: str) -> Echo:
 
 
 def _link(api: HostileAPI, target: str, s: dict[str, str]) -> web.StreamResponse:
+    # In the Link header (link_header) and the body (json_link, or a cursor).
     headers = {"Link": f'<{target}>; rel="next"', **_echo_headers(s)}
-    return web.json_response([{"n": 1}], headers=headers)
+    return web.json_response({"data": [{"n": 1}], "next": target}, headers=headers)
 
 
 def _next_host(api: HostileAPI, request: web.Request, s: dict[str, str]) -> web.StreamResponse:
