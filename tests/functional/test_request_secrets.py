@@ -3,7 +3,8 @@
 A secret query parameter must reach the API on every page and appear nowhere
 else: no log record at any level, no result, manifest, key, object or object
 metadata, no error text. An OAuth2 token server counts its token requests: one
-per run, one more after the API refuses the token with 401.
+per run, one more after the API refuses the token with 401, no more when it
+refuses that one too; a failing token endpoint once per backoff window.
 """
 
 from __future__ import annotations
@@ -106,10 +107,11 @@ def test_a_secret_param_reaches_every_page_and_appears_nowhere_else(
 class TokenServer:
     """A local OAuth2 token endpoint counting what it was asked."""
 
-    def __init__(self, lifetime_s: int = 3600) -> None:
+    def __init__(self, lifetime_s: int = 3600, *, failing: int | None = None) -> None:
         self.issued: list[str] = []
         self.forms: list[dict[str, str]] = []
         self.lifetime_s = lifetime_s
+        self.failing = failing  # answer every request with this status instead
 
     @property
     def app(self) -> web.Application:
@@ -122,6 +124,8 @@ class TokenServer:
 
     async def _token(self, request: web.Request) -> web.Response:
         self.forms.append(dict(await request.post()))
+        if self.failing is not None:
+            return web.json_response({"error": "invalid_client"}, status=self.failing)
         self.issued.append(f"tok-{uuid.uuid4().hex}")
         return web.json_response(
             {"access_token": self.issued[-1], "token_type": "Bearer", "expires_in": self.lifetime_s}
@@ -205,3 +209,46 @@ def test_oauth2_fetches_one_new_token_when_the_api_answers_401(
     assert len(tokens.issued) == 2
     refused = [s for s in api.seen if s.headers["Authorization"] == f"Bearer {tokens.issued[0]}"]
     assert len(api.seen) - len(refused) >= 9 - 3  # pages after the revocation used token 2
+
+
+# ------------------------------------------------ issue 19: a token endpoint that fails
+
+
+@pytest.mark.parametrize("status", [400, 500])
+def test_oauth2_a_failing_token_endpoint_is_asked_once_per_backoff_window_not_per_item(
+    s3: MotoS3, ssm: Any, api_server: Any, status: int
+) -> None:
+    # GIVEN a token endpoint answering 400 (client revoked) or 500 to every request
+    tokens = TokenServer(failing=status)
+    token_url = api_server(tokens.app).url + "/token"
+    api = PagedAPI(bearer=tokens.current)
+    url = api_server(api.app).url
+    event = oauth_event(url, token_url, ssm, [f"d{i}" for i in range(40)], f"tok-{status}")
+    event["options"]["max_attempts"] = 3
+    # WHEN 40 items run, 3 attempts each
+    result = lambda_handler(event, LocalContext())
+    # THEN every item failed with the token endpoint's answer, the API never asked...
+    assert (result["failed"], result["succeeded"]) == (40, 0)
+    assert {(f["kind"], f["status"]) for f in result["failures"]} == {("http_status", status)}
+    assert api.seen == []
+    # ...and the token endpoint was asked once per backoff window (1 s, then 2 s), at
+    # most max_attempts times in all: not once per item (40) or per attempt (120)
+    assert 1 <= len(tokens.forms) <= 3, len(tokens.forms)
+
+
+def test_oauth2_an_api_refusing_every_token_costs_two_token_requests(
+    s3: MotoS3, ssm: Any, api_server: Any
+) -> None:
+    # GIVEN an API answering 401 to every token
+    tokens = TokenServer()
+    token_url = api_server(tokens.app).url + "/token"
+    api = PagedAPI(bearer=lambda: "never-this-token")
+    url = api_server(api.app).url
+    event = oauth_event(url, token_url, ssm, [f"d{i}" for i in range(200)], "tok-401")
+    # WHEN 200 items run at concurrency 8
+    result = lambda_handler(event, LocalContext())
+    # THEN every item failed 401, after one forced renewal for the whole run: the token
+    # a 401 made us fetch was refused too, so no other was asked for
+    assert (result["failed"], result["succeeded"]) == (200, 0)
+    assert {(f["kind"], f["status"]) for f in result["failures"]} == {("http_status", 401)}
+    assert len(tokens.forms) <= 2, len(tokens.forms)
