@@ -270,6 +270,18 @@ def _pages_for(total: int, per_page: int) -> int:
     return -(-total // per_page)
 
 
+def _joined(headers: Mapping[str, str], name: str) -> str | None:
+    """Every field ``name`` as one value: a server may send ``Link`` several times.
+
+    RFC 9110 §5.3: fields of one name combine, in order, with ", ". aiohttp keeps
+    them apart, and ``.get`` answers only the first (``rel="prev"``, say).
+    """
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        return headers.get(name)
+    return ", ".join(getall(name, ())) or None
+
+
 # A link, then its parameters; quoted values may hold ';' and ','.
 _LINK_RE = re.compile(r'<([^>]*)>((?:\s*;\s*(?:[^;,"<]|"[^"]*")*)*)')
 _REL_RE = re.compile(r"""rel\s*=\s*(?:"([^"]*)"|([^\s;,"]+))""", re.IGNORECASE)
@@ -319,7 +331,7 @@ class LinkHeaderPaginator:
         return PageRequest()
 
     def next(self, page: PageView) -> PageRequest | None:
-        return _link_request(page, next_link(page.headers.get("Link")))
+        return _link_request(page, next_link(_joined(page.headers, "Link")))
 
     def remaining(self, first: PageView) -> PlannedPages | None:
         return None

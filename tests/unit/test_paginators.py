@@ -72,6 +72,16 @@ def test_link_header_follows_absolute_and_relative_links() -> None:
     assert c.after(view(2, headers={}, url=f"{ENDPOINT}?page=3")) is None
 
 
+def test_link_header_reads_rel_next_from_any_of_several_link_fields() -> None:
+    # GIVEN a response with two Link fields, rel="prev" first (property finding 3)
+    headers = CIMultiDict(
+        [("Link", f'<{ENDPOINT}?p=0>; rel="prev"'), ("Link", f'<{ENDPOINT}?p=2>; rel="next"')]
+    )
+    # WHEN the chain reads it THEN the next link of the second field is followed
+    got = chain(type="link_header").after(PageView(0, URL(ENDPOINT), headers, NOT_PARSED, 1))
+    assert got is not None and str(got.url) == f"{ENDPOINT}?p=2"
+
+
 def test_a_next_link_to_another_origin_is_blocked_before_anything_is_sent() -> None:
     c = chain(type="link_header")
     for target in (

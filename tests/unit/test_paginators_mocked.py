@@ -85,11 +85,6 @@ async def test_link_header_follows_relative_links_against_the_page_they_came_fro
     assert sent == [query(), query(p=2), query(p=3)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG (property finding 3): only the first Link"
-    " field is read; remove this marker with the fix",
-)
 async def test_link_header_finds_rel_next_in_a_second_link_header_field() -> None:
     # GIVEN a page with two Link header fields, rel="prev" first (RFC 8288 allows
     # several; aiohttp keeps each one)
