@@ -46,7 +46,7 @@ DEFAULT_PACK_TARGET_MB = 64
 # (docs/PERFORMANCE.md, "Packing"): CPU per item is what the run pays for; S3 bytes are cheap.
 DEFAULT_PACK_GZIP_LEVEL = 1
 MAX_PACK_TARGET_MB = 5 * 1024
-PACK_KEY_FIELDS = frozenset({"source_id", "request_id", "first_index", "part"})
+PACK_KEY_FIELDS = frozenset({"source_id", "request_id", "first_index", "part", "step"})
 PACK_KEY_TEMPLATES = {
     "gzip": "{source_id}/{request_id}-{first_index}-{part}.ndjson.gz",
     "none": "{source_id}/{request_id}-{first_index}-{part}.ndjson",
@@ -79,8 +79,11 @@ class PackOptions(BaseModel):
         if unknown:
             allowed = ", ".join(f"{{{name}}}" for name in sorted(PACK_KEY_FIELDS))
             raise ValueError(f"unknown placeholder {{{unknown[0]}}}; use {allowed}")
-        if "part" not in fields:
-            raise ValueError("must contain {part}, or rotated objects would overwrite each other")
+        if "part" not in fields and "step" not in fields:
+            # {step}: one object per step of a date_range, named by it (CONTRACT §15).
+            raise ValueError(
+                "must contain {part} (or {step}), or rotated objects would overwrite each other"
+            )
         return value
 
     @property

@@ -27,6 +27,10 @@ MAX_KEY_BYTES = 1024
 # An incremental range's default keys name the step, not the run (CONTRACT §15).
 INCREMENTAL_KEY_TEMPLATE = "{source_id}/{param.%s}.json"
 INCREMENTAL_PAGINATED_KEY_TEMPLATE = "{source_id}/{param.%s}-{page}.json"
+INCREMENTAL_PACK_KEY_TEMPLATES = {
+    "gzip": "{source_id}/{step}.ndjson.gz",
+    "none": "{source_id}/{step}.ndjson",
+}
 
 _FIXED_FIELDS = frozenset({"source_id", "request_id", "index", "page", "params_hash"})
 _UNIQUE_FIELDS = frozenset({"index", "params_hash"})
@@ -327,23 +331,45 @@ def _scalar_text(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PackKeys:
-    """Renders ``pack.key_template``; deterministic for a request id and plan."""
+    """Renders ``pack.key_template``; deterministic for a request id and plan.
+
+    With ``{step}`` (a ``date_range``'s param value, URL-safe) each object holds
+    one step and is named by it, so a step packed again overwrites its object.
+    """
 
     template: str
     source_id: str
     request_id: str
     first_index: int
+    step_param: str | None = None  # the date_range's param, for {step}
 
-    def key(self, part: int) -> str:
+    @property
+    def per_step(self) -> bool:
+        """True when every object holds one step (the template has ``{step}``)."""
+        return "step" in KeyTemplate.field_names(self.template)
+
+    def key(self, part: int, params: Mapping[str, Any] | None = None) -> str:
+        """The key of object ``part``; ``params`` are its (one) item's, for ``{step}``.
+
+        Raises:
+            ValueError: ``{step}`` without a step value, or an invalid key.
+        """
         values = {
             "source_id": self.source_id,
             "request_id": self.request_id,
             "first_index": str(self.first_index),
             "part": str(part),
         }
+        if self.per_step:
+            values["step"] = self._step(params)
         out = []
         for literal, name, _, _ in string.Formatter().parse(self.template):
             out.append(literal)
             if name is not None:
                 out.append(values[name])
         return validate_key("".join(out))
+
+    def _step(self, params: Mapping[str, Any] | None) -> str:
+        if self.step_param is None or params is None or self.step_param not in params:
+            raise ValueError("{step} names a date_range's step: it needs a date_range")
+        return quote(_param_text(params[self.step_param]), safe=_QUOTE_SAFE)

@@ -201,7 +201,7 @@ async def pack_sink(
     assert pack is not None
     first = first_index(job.items(), ascending=not job.is_map_batch)
     unit = make_unit(pack, records_path=job.api.records_path, expect_json=job.options.expect_json)
-    keys = PackKeys(pack.template, job.api.source_id, job.request_id, first)
+    keys = PackKeys(pack.template, job.api.source_id, job.request_id, first, _step_param(job))
     stale = StaleParts(keys, part_store(writer))
     packer = Packer(
         writer=writer,
@@ -213,6 +213,10 @@ async def pack_sink(
     )
     await packer.start()
     return PackSink(packer=packer, record=record, keep=keep, stale=stale)
+
+
+def _step_param(job: Job) -> str | None:
+    return job.date_range.param if job.date_range is not None else None
 
 
 @dataclasses.dataclass(slots=True)

@@ -309,13 +309,14 @@ class Packer:
         """Pack one item; a failure fails its object (and only it), never the task."""
         obj: _Object | None = None
         try:
-            obj = self._open or self._new_object()
+            obj = self._open or self._new_object(result.params)
             obj.place(staged, result)
             for chunk in staged.chunks():
                 obj.feed(chunk)
                 while len(obj.buf) >= self.part_size:
                     await self._send_part(obj)
-            if obj.size >= self.pack.target_bytes:
+            # A {step} object holds its one step: complete, it is the step's only copy.
+            if self.keys.per_step or obj.size >= self.pack.target_bytes:
                 await self._complete(obj)
         except Exception as exc:  # a write error (S3, a full disk) or a bug: not the task's end
             if obj is None:
@@ -325,8 +326,8 @@ class Packer:
         finally:
             staged.release()
 
-    def _new_object(self) -> _Object:
-        obj = _Object(self.keys.key(self._part), self.pack)
+    def _new_object(self, params: Mapping[str, Any]) -> _Object:
+        obj = _Object(self.keys.key(self._part, params), self.pack)
         self._part += 1
         self._open = obj
         return obj

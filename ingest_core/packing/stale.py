@@ -208,6 +208,8 @@ class StaleParts:
         Never raises for S3 or the disk: a part that could not be removed is named
         in a WARNING (the next re-run removes it); items are not affected.
         """
+        if self.keys.per_step:
+            return  # one object per step, named by it: no numbered parts to go stale
         pattern = PartPattern.of(self.keys)
         if self.store is None or pattern is None:
             if self.store is not None:
