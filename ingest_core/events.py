@@ -42,6 +42,7 @@ from ingest_core.ranges import (
     DateRange,
     ParamsModel,
     format_problems,
+    pack_problems,
     run_dependent_problems,
     with_incremental_defaults,
 )
@@ -382,11 +383,19 @@ def _check_pack(job: Job, prefix: str) -> None:
         )
     if not problems:
         try:
-            PackKeys(pack.template, job.api.source_id, job.request_id, 0).key(0)
+            _sample_pack_key(job, pack.template)
         except ValueError as exc:
             problems.append((f"{where}.pack.key_template", str(exc)))
     if problems:
         raise InvalidEventError(problems)
+
+
+def _sample_pack_key(job: Job, template: str) -> str:
+    """The first object's key; ``{step}`` takes the first step's value (CONTRACT §15)."""
+    step_param = job.date_range.param if job.date_range is not None else None
+    first = next(job.items(), None)
+    keys = PackKeys(template, job.api.source_id, job.request_id, 0, step_param)
+    return keys.key(0, first.params if first is not None else None)
 
 
 def _flatten(event: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -463,7 +472,7 @@ def _incremental_problems(model: Event) -> list[tuple[str, str]]:
     problems = format_problems(model.date_range)
     problems += run_dependent_problems("api_config.key_template", model.api_config.key_template)
     if model.options.pack is not None:
-        problems += run_dependent_problems("options.pack.key_template", model.options.pack.template)
+        problems += pack_problems(model.options.pack.template)
     return problems
 
 

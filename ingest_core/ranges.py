@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-from ingest_core.keys import KeyTemplate, incremental_key_template
+from ingest_core.keys import INCREMENTAL_PACK_KEY_TEMPLATES, KeyTemplate, incremental_key_template
 from ingest_core.planner import (
     count_date_range,
     expand_date_range,
@@ -34,6 +34,7 @@ RUN_DEPENDENT_FIELDS = {
     "request_id": "each run has its own request id",
     "index": "a step's index moves with the first step a run fetches",
     "first_index": "a step's index moves with the first step a run fetches",
+    "part": "objects are numbered in the order a run fills them",
 }
 
 
@@ -127,14 +128,16 @@ def format_problems(date_range: DateRange) -> list[tuple[str, str]]:
 
 
 def with_incremental_defaults(flat: dict[str, Any]) -> dict[str, Any]:
-    """The event with an incremental range's default key template filled in.
+    """The event with an incremental range's default key templates filled in.
 
-    Done on the raw event, before validation, because the default depends on
-    two sections (``date_range.param`` and ``api_config.pagination``).
+    Done on the raw event, before validation, because the defaults depend on
+    other sections (``date_range.param``, ``api_config.pagination``, ``options.pack``).
     """
-    date_range, api = flat.get("date_range"), flat.get("api_config")
+    date_range = flat.get("date_range")
     if not isinstance(date_range, dict) or date_range.get("incremental") is not True:
         return flat
+    flat = _with_pack_default(flat)
+    api = flat.get("api_config")
     if not isinstance(api, dict) or "key_template" in api:
         return flat
     param = date_range.get("param", "date")
@@ -144,6 +147,33 @@ def with_incremental_defaults(flat: dict[str, Any]) -> dict[str, Any]:
     return {**flat, "api_config": {**api, "key_template": template}}
 
 
+def _with_pack_default(flat: dict[str, Any]) -> dict[str, Any]:
+    """Packed, an incremental range's default is one object per step, named by it."""
+    options = flat.get("options")
+    if not isinstance(options, dict):
+        return flat
+    pack = options.get("pack")
+    if not isinstance(pack, dict) or "key_template" in pack:
+        return flat
+    template = INCREMENTAL_PACK_KEY_TEMPLATES.get(pack.get("compression", "gzip"))
+    if template is None:
+        return flat  # a bad compression: reported where options are validated
+    return {**flat, "options": {**options, "pack": {**pack, "key_template": template}}}
+
+
+def pack_problems(template: str) -> list[tuple[str, str]]:
+    """An incremental range's pack objects must each hold one step, named by it."""
+    field = "options.pack.key_template"
+    problems = run_dependent_problems(field, template)
+    if "step" not in KeyTemplate.field_names(template):
+        reason = (
+            "must contain {step} in an incremental range: one object per step, so a step"
+            " packed again overwrites its object (the default is {source_id}/{step}.ndjson.gz)"
+        )
+        problems.append((field, reason))
+    return problems
+
+
 def run_dependent_problems(field: str, template: str) -> list[tuple[str, str]]:
     """``template`` (an item or pack key template) may not name the run."""
     names = KeyTemplate.field_names(template)
@@ -151,8 +181,8 @@ def run_dependent_problems(field: str, template: str) -> list[tuple[str, str]]:
         (
             field,
             f"{{{name}}} is refused in an incremental range: {why}, so a step fetched"
-            " again would land twice; name the step instead, e.g."
-            " {source_id}/{param.date}.json (the default)",
+            " again would land twice; name the step instead ({param.date} in"
+            " key_template, {step} in pack.key_template: the defaults)",
         )
         for name, why in RUN_DEPENDENT_FIELDS.items()
         if name in names

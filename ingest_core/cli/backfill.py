@@ -18,8 +18,9 @@ from ingest_core.cli import runner
 from ingest_core.cli.common import Command, UsageError, resolve_bounds, utc_now
 from ingest_core.cli.redrive import default_redrive_path
 from ingest_core.cli.runner import Built, Dest, given, parse_dest
+from ingest_core.config import PACK_KEY_TEMPLATES
 from ingest_core.events import Job
-from ingest_core.keys import incremental_key_template
+from ingest_core.keys import INCREMENTAL_PACK_KEY_TEMPLATES, incremental_key_template
 
 __all__ = ["COMMAND", "Dest", "parse_dest"]
 
@@ -156,7 +157,9 @@ def _build(args: argparse.Namespace) -> Built:
         if args.incremental
         else None
     )
-    base = runner.base_event(args, dest, default_key=default_key)
+    # Packed, one object per step, named by it (CONTRACT §15).
+    packs = INCREMENTAL_PACK_KEY_TEMPLATES if args.incremental else PACK_KEY_TEMPLATES
+    base = runner.base_event(args, dest, default_key=default_key, pack_defaults=packs)
     event = {**base, "request_id": request_id, "date_range": date_range}
     return Built(event, dest)
 

@@ -19,7 +19,7 @@ import json
 import re
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,16 +219,21 @@ DefaultKey = Callable[[bool], str]
 
 
 def base_event(
-    args: argparse.Namespace, dest: Dest, *, default_key: DefaultKey | None = None
+    args: argparse.Namespace,
+    dest: Dest,
+    *,
+    default_key: DefaultKey | None = None,
+    pack_defaults: Mapping[str, str] = PACK_KEY_TEMPLATES,
 ) -> dict[str, Any]:
     """``api_config`` and ``options`` from the shared flags; the command adds the plan.
 
     ``default_key(paged)`` gives the key template when ``--key-template`` is not
-    given (default: CONTRACT §5's, or §11's with pagination).
+    given (default: CONTRACT §5's, or §11's with pagination); ``pack_defaults``
+    the pack key template by compression (an incremental run's names the step).
     """
     return {
         "api_config": _api_config(args, dest, default_key),
-        "options": _with_pack_prefix(command_options(args), dest.prefix),
+        "options": _with_pack_prefix(command_options(args), dest.prefix, pack_defaults),
     }
 
 
@@ -238,13 +243,15 @@ def given(value: str | None, default: str) -> str:
     return default if value is None else value
 
 
-def _with_pack_prefix(options: dict[str, Any], prefix: str) -> dict[str, Any]:
+def _with_pack_prefix(
+    options: dict[str, Any], prefix: str, defaults: Mapping[str, str]
+) -> dict[str, Any]:
     """The ``--dest`` prefix goes in front of pack keys too, as in front of item keys."""
     pack = options.get("pack")
     if not prefix or not isinstance(pack, dict):
         return options
     compression = pack.get("compression", "gzip")
-    template = pack.get("key_template") or PACK_KEY_TEMPLATES.get(compression, "")
+    template = pack.get("key_template") or defaults.get(compression, "")
     return {**options, "pack": {**pack, "key_template": prefix + template}}
 
 

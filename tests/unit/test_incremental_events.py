@@ -29,7 +29,10 @@ def event(api: dict[str, Any] | None = None, **date_range: Any) -> dict[str, Any
 def refused(body: dict[str, Any]) -> dict[str, str]:
     with pytest.raises(InvalidEventError) as caught:
         parse_event(body, default_request_id="run-1", policy=POLICY, now=NOW)
-    return dict(caught.value.problems)
+    reasons: dict[str, str] = {}
+    for name, reason in caught.value.problems:
+        reasons[name] = f"{reasons[name]}; {reason}" if name in reasons else reason
+    return reasons
 
 
 @pytest.mark.parametrize("bound", ["start", "end"])
@@ -97,3 +100,35 @@ def test_state_keys_read_extra_params_as_the_query_text(
     assert default_state_key(endpoint, "date", "1d", typed) == default_state_key(
         endpoint, "date", "1d", text
     )
+
+
+def test_a_packed_incremental_range_defaults_to_one_object_per_step() -> None:
+    body = {**event(), "options": {"pack": {"compression": "none"}}}
+    job = parse_event(body, default_request_id="r", policy=POLICY)
+    assert job.options.pack is not None
+    assert job.options.pack.template == "{source_id}/{step}.ndjson"
+
+
+@pytest.mark.parametrize(
+    ("template", "named"),
+    [
+        ("{source_id}/{request_id}-{first_index}-{part}.ndjson.gz", "{request_id}"),
+        ("{source_id}/{step}-{part}.ndjson.gz", "{part}"),
+        ("{source_id}/all-{part}.ndjson.gz", "{step}"),
+    ],
+)
+def test_a_packed_incremental_range_refuses_keys_that_are_not_one_per_step(
+    template: str, named: str
+) -> None:
+    body = {**event(), "options": {"pack": {"key_template": template}}}
+    reason = refused(body)["options.pack.key_template"]
+    assert named in reason
+
+
+def test_step_in_a_pack_template_needs_a_date_range() -> None:
+    body = {
+        "api_config": API,
+        "batch": [{"date": "2025-01-01"}],
+        "options": {"pack": {"key_template": "{source_id}/{step}.ndjson.gz"}},
+    }
+    assert "needs a date_range" in refused(body)["options.pack.key_template"]
