@@ -234,3 +234,23 @@ def test_a_relative_date_out_of_range_is_bad_usage_naming_the_flag(
         args += ["--dest", str(tmp_path), "--incremental"]
     assert main(args) == 2
     assert "--start: 'today-999999d' is out of range" in capsys.readouterr().err
+
+
+def test_a_packed_incremental_backfill_under_a_prefix_packs_one_object_per_day(
+    s3: MotoS3,
+    tmp_path: Path,
+    api_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # GIVEN the 26th failing once, and a packed incremental backfill into S3 under a prefix
+    monkeypatch.setattr(backfill, "utc_now", lambda: MARCH_FIRST)
+    monkeypatch.chdir(tmp_path)
+    server = api_server(ScriptedAPI({feb(26): [Response(status=500), Response()]}))
+    args = incremental_backfill(server.url, f"s3://{RAW_BUCKET}/landing", "--pack", "record")
+    # WHEN it runs twice
+    assert main(args) == 1
+    assert main(args) == 0, capsys.readouterr()
+    # THEN each day is one object named by it, under the prefix: the 26th's re-fetch is alone
+    packs = [k for k in s3.list_keys(RAW_BUCKET, prefix="landing/weather/") if "/_" not in k]
+    assert packs == [f"landing/weather/{feb(d)}.ndjson.gz" for d in range(24, 29)]
