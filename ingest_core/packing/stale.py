@@ -143,11 +143,16 @@ class PartPattern:
 
     @classmethod
     def of(cls, keys: PackKeys) -> PartPattern | None:
-        """The pattern, or None when the part's digits are not delimited (``{first_index}{part}``).
+        """The pattern, or None when the keys are not the run's own to clean up.
 
-        Without a non-digit on both sides, part 10 of batch 1 and part 0 of batch 11
-        render alike, and removing one run's stale parts could remove another's.
+        That is when the template does not name ``{request_id}`` (every run writes
+        the same keys, as an incremental range's packs do: the parts are not this
+        run's alone), or when the part's digits are not set off by non-digits
+        (``{first_index}{part}``: part 10 of batch 1 and part 0 of batch 11 render
+        alike, and removing one run's stale parts could remove another's).
         """
+        if "{request_id}" not in keys.template:
+            return None
         values = {
             "source_id": keys.source_id,
             "request_id": keys.request_id,
@@ -213,7 +218,11 @@ class StaleParts:
         pattern = PartPattern.of(self.keys)
         if self.store is None or pattern is None:
             if self.store is not None:
-                log.warning("pack parts not checked for stale ones: {part} is not delimited")
+                log.warning(
+                    "pack parts not checked for stale ones: the key template does not name"
+                    " {request_id}, or {part} touches digits",
+                    extra={"key_template": self.keys.template},
+                )
             return
         try:
             await clock.bound(self._remove(self.store, pattern), until=clock.complete_by)

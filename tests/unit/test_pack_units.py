@@ -448,3 +448,8 @@ def test_a_part_pattern_matches_only_keys_its_template_renders() -> None:
 def test_a_part_not_delimited_by_non_digits_is_never_removed(template: str) -> None:
     # part 10 of batch 1 and part 0 of batch 11 render alike: no pattern, no removal
     assert PartPattern.of(PackKeys(template, "s", "r", 1)) is None
+
+
+def test_parts_of_a_template_without_request_id_are_not_the_runs_to_remove() -> None:
+    # every run writes these keys (an incremental range's packs): never "stale" to one run
+    assert PartPattern.of(PackKeys("{source_id}/daily-{part}.ndjson.gz", "s", "r", 0)) is None
