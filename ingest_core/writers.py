@@ -25,20 +25,24 @@ import base64
 import hashlib
 import io
 import logging
-import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 from urllib.parse import quote
-from xml.etree import ElementTree
 
 import aiohttp
 from yarl import URL
 
-from ingest_core.errors import LocalWriteError, S3WriteError
+from ingest_core.errors import S3WriteError
+from ingest_core.s3errors import (
+    _error_code,
+    _error_status,
+    _lean_error,
+    _s3_error,
+    _WrongRegion,
+)
 from ingest_core.s3retry import current as s3_retry
 from ingest_core.sigv4 import host_header, sign_put
 
@@ -48,45 +52,6 @@ T = TypeVar("T")
 SMALL_BODY = 256 * 1024
 FILE_PART_SIZE = 8 * 1024 * 1024
 FILE_READ_CHUNK = 1024 * 1024
-S3_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-S3_THROTTLED_STATUSES = frozenset({429, 503})
-S3_RETRYABLE_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "TransactionInProgressException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "LimitExceededException",
-        "RequestThrottled",
-        "SlowDown",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "InternalError",
-    }
-)
-S3_THROTTLING_CODES = S3_RETRYABLE_CODES - {
-    "TransactionInProgressException",
-    "PriorRequestNotComplete",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "InternalError",
-}
-# Answers that mean "this bucket lives elsewhere": botocore's redirector handles them.
-S3_WRONG_REGION_CODES = frozenset(
-    {
-        "PermanentRedirect",
-        "AuthorizationHeaderMalformed",
-        "IllegalLocationConstraintException",
-        "TemporaryRedirect",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,10 +439,6 @@ class S3MultipartUpload:
             raise _s3_error("AbortMultipartUpload", exc) from exc
 
 
-class _WrongRegion(Exception):
-    """The lean path reached the wrong regional endpoint."""
-
-
 def _object_base_url(endpoint_url: str | None, bucket: str, region: str) -> str:
     """Path-style under a configured endpoint; virtual-hosted on AWS when the name allows."""
     if endpoint_url:
@@ -557,191 +518,20 @@ def _lean_meta_headers(meta: ObjectMeta) -> dict[str, str]:
     return headers
 
 
-def _lean_error(status: int, body: bytes) -> Exception:
-    code, message = _parse_s3_error(body)
-    if code in S3_WRONG_REGION_CODES or status == 301:
-        return _WrongRegion(code)
-    return S3WriteError(
-        f"PutObject: HTTP {status} {code or ''} {message or ''}".strip(),
-        code=code,
-        retryable=status in S3_RETRYABLE_STATUSES or code in S3_RETRYABLE_CODES,
-        throttled=status in S3_THROTTLED_STATUSES or code in S3_THROTTLING_CODES,
-    )
+# The local folder writer lives in localdir.py; imported last, as it builds on the
+# protocols above, and re-exported so ``writers`` stays the one place writers come from.
+from ingest_core.localdir import LocalDirWriter, LocalUpload  # noqa: E402
 
-
-def _parse_s3_error(body: bytes) -> tuple[str | None, str | None]:
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError:
-        return None, None
-    return root.findtext("Code"), root.findtext("Message")
-
-
-def _error_status(exc: Exception) -> int | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return int(status) if status is not None else None
-    return None
-
-
-def _error_code(exc: Exception) -> str | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        return str(code) if code is not None else None
-    return None
-
-
-def _s3_error(operation: str, exc: Exception) -> S3WriteError:
-    """Translate a botocore (or transport) error to ``S3WriteError``: the one place.
-
-    Retryable, as botocore's ``standard`` mode has it: throttling and transient
-    codes, 5xx (a 200 carrying an ``<Error>`` arrives here as botocore's
-    ClientError with that code), and connection-level failures.
-    """
-    response = getattr(exc, "response", None)
-    code = None
-    status = _error_status(exc)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-    retryable = (
-        code in S3_RETRYABLE_CODES
-        or status in S3_RETRYABLE_STATUSES
-        or (response is None and _is_transport_error(exc))
-    )
-    throttled = code in S3_THROTTLING_CODES or status in S3_THROTTLED_STATUSES
-    return S3WriteError(
-        f"{operation}: {type(exc).__name__}: {exc}"[:500],
-        code=code,
-        retryable=retryable,
-        throttled=throttled,
-    )
-
-
-def _is_transport_error(exc: Exception) -> bool:
-    """A connection dropped, refused or timed out (no answer from S3 at all)."""
-    # botocore is loaded by then (its client raised this); imported here so that a
-    # run on the lean path alone never loads it.
-    from botocore.exceptions import ConnectionError as BotocoreConnectionError
-    from botocore.exceptions import HTTPClientError
-
-    transport = (BotocoreConnectionError, HTTPClientError, aiohttp.ClientError, OSError)
-    return isinstance(exc, (*transport, TimeoutError))
-
-
-# ------------------------------------------------------------------------- local
-
-
-class LocalDirWriter:
-    """Writes keys as files under a folder, laid out exactly like the S3 keys.
-
-    Every file is written to a hidden temporary name in its final folder and
-    renamed into place, so an interrupted run leaves no partial file under a key.
-    Object metadata is not kept locally. File system calls run on worker
-    threads, never on the event loop (a write and fsync of a large body held
-    the loop for 230 ms); their ``OSError`` becomes a ``LocalWriteError`` (kind
-    ``s3_error``, the closed set's write failure) naming the operation and path.
-    """
-
-    TEMP_PREFIX = ".fanout-tmp-"
-
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-
-    def describe(self, key: str) -> str:
-        return str(self._path(key))
-
-    def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root):
-            raise S3WriteError(f"key {key!r} escapes the destination folder")
-        return path
-
-    async def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    async def put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
-        upload = LocalUpload(self._path(key))
-        try:
-            await upload.write_whole(data)  # one thread hop per small body, not three
-        except BaseException:
-            await upload.abort()
-            raise
-
-    async def start_multipart(self, key: str, meta: ObjectMeta) -> MultipartUpload:
-        upload = LocalUpload(self._path(key))
-        await upload.open()
-        return upload
-
-    async def put_file(self, key: str, path: Path, content_type: str) -> None:
-        await put_file_in_parts(self, key, path, ObjectMeta(content_type=content_type))
-
-
-class LocalUpload:
-    """A file being written under a temporary name, one worker-thread call at a time."""
-
-    def __init__(self, final: Path) -> None:
-        self._final = final
-        self._temp = final.parent / f"{LocalDirWriter.TEMP_PREFIX}{uuid.uuid4().hex}"
-        self._file: IO[bytes] | None = None
-        self._step = "create"  # what the call in flight is doing, for its error message
-        # The thread call in flight: a cancelled await leaves it running, and
-        # abort must not close the file under it.
-        self._pending: asyncio.Future[Any] | None = None
-
-    async def open(self) -> None:
-        await self._run(self._open)
-
-    async def upload_part(self, data: bytes | memoryview) -> None:
-        await self._run(self._write, data)
-
-    async def complete(self) -> None:
-        await self._run(self._finish)
-
-    async def write_whole(self, data: bytes | memoryview) -> None:
-        """Create, write and complete in one worker-thread call."""
-        await self._run(self._whole, data)
-
-    async def abort(self) -> None:
-        if self._pending is not None and not self._pending.done():
-            await asyncio.wait([self._pending])
-        with suppress(OSError):
-            await asyncio.to_thread(self._discard)
-
-    async def _run(self, call: Callable[..., None], *args: Any) -> None:
-        self._pending = asyncio.get_running_loop().run_in_executor(None, call, *args)
-        try:
-            await self._pending
-        except OSError as exc:
-            raise LocalWriteError(
-                f"could not {self._step} {self._final}: {exc.strerror or type(exc).__name__}"
-            ) from exc
-
-    def _open(self) -> None:
-        self._step = "create"
-        self._final.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self._temp.open("wb")
-
-    def _write(self, data: bytes | memoryview) -> None:
-        assert self._file is not None, "open() first"
-        self._step = "write"
-        self._file.write(data)
-
-    def _finish(self) -> None:
-        assert self._file is not None, "open() first"
-        self._step = "complete"
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._temp, self._final)
-
-    def _whole(self, data: bytes | memoryview) -> None:
-        self._open()
-        self._write(data)
-        self._finish()
-
-    def _discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._temp.unlink(missing_ok=True)
+__all__ = [
+    "LocalDirWriter",
+    "LocalUpload",
+    "MultipartUpload",
+    "ObjectMeta",
+    "ObjectWriter",
+    "PartStream",
+    "S3MultipartUpload",
+    "S3Writer",
+    "abort_upload",
+    "put_file_in_parts",
+    "with_s3_retries",
+]

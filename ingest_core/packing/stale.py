@@ -35,8 +35,9 @@ from ingest_core.clock import RunClock
 from ingest_core.errors import LocalWriteError, WriteError
 from ingest_core.keys import PackKeys
 from ingest_core.results import ItemResult, ItemStatus
+from ingest_core.s3errors import _s3_error
 from ingest_core.s3retry import current as s3_retry
-from ingest_core.writers import LocalDirWriter, S3Writer, _s3_error
+from ingest_core.writers import LocalDirWriter, S3Writer
 
 log = logging.getLogger(__name__)
 
