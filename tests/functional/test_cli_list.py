@@ -12,9 +12,11 @@ wrong (every item empty, a next page ignored) says so in its warnings.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -295,3 +297,71 @@ def test_paginate_auto_refuses_to_guess_when_page_0_disagrees_with_itself(
     assert "--paginate: auto refuses to guess: page 0's next links disagree" in done.stderr
     assert "page=2" in done.stderr and "page=9" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------- the documented example
+
+
+def _doc_block(path: Path, marker: str) -> str:
+    """The fenced bash block of ``path`` whose text contains ``marker``."""
+    blocks = path.read_text().split("```bash\n")[1:]
+    (block,) = [b.split("```")[0] for b in blocks if marker in b]
+    return block
+
+
+def test_the_documented_list_examples_run_as_written(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    # GIVEN the demo's sample API, as docs/CLI.md starts it (on a free port, not 8765)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    api = subprocess.Popen(
+        [sys.executable, "-m", "ingest_core.cli.sample_api", "--port", str(port), "--no-latency"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {**cli_env, "PATH": f"{Path(CLI[0]).parent}:{cli_env['PATH']}"}
+    env.pop("FANOUT_ALLOW_PRIVATE_NETWORKS")  # the examples pass --allow-private-networks
+    docs = Path(__file__).parents[2] / "docs" / "CLI.md"
+    try:
+        _wait_for_port(port)
+        # WHEN the two list examples of docs/CLI.md run as written
+        outcomes = [
+            subprocess.run(
+                [
+                    "bash",
+                    "-euo",
+                    "pipefail",
+                    "-c",
+                    _doc_block(docs, marker).replace("8765", str(port)),
+                ],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=CLI_TIMEOUT_S,
+                check=False,
+            )
+            for marker in ("--paginate auto --dest ./lake-list", "printf 'date\\n")
+        ]
+    finally:
+        api.terminate()
+        api.wait(timeout=10)
+    # THEN they print what the page says they print
+    auto, plain = outcomes
+    assert auto.returncode == 0, auto.stderr
+    assert '--paginate auto chose link_header from Link header rel="next"' in auto.stderr
+    assert "72 (elements of data.items)" in auto.stdout and "pages          9" in auto.stdout
+    assert plain.returncode == 0, plain.stderr
+    assert "warning: 2 responses say more pages follow" in plain.stdout
+
+
+def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"the sample API did not listen on {port}")
