@@ -165,8 +165,10 @@ class PartPattern:
             (before if after is None else after).append(literal)
             if name == "part":
                 after = []
-            elif name is not None:
+            elif name in values:
                 (before if after is None else after).append(values[name])
+            elif name is not None:  # {step}: one object per step, named by it, not by part
+                return None
         if after is None:
             return None
         prefix, suffix = "".join(before), "".join(after)

@@ -453,3 +453,8 @@ def test_a_part_not_delimited_by_non_digits_is_never_removed(template: str) -> N
 def test_parts_of_a_template_without_request_id_are_not_the_runs_to_remove() -> None:
     # every run writes these keys (an incremental range's packs): never "stale" to one run
     assert PartPattern.of(PackKeys("{source_id}/daily-{part}.ndjson.gz", "s", "r", 0)) is None
+
+
+def test_parts_named_by_step_are_not_parts_to_remove() -> None:
+    keys = PackKeys("{source_id}/{request_id}/{step}-{part}.ndjson", "s", "r", 0, "date")
+    assert PartPattern.of(keys) is None
