@@ -282,19 +282,21 @@ async def advance(
     )
 
 
-async def overwrite(store: StateStore, watermark: str, *, request_id: str) -> Watermark:
+async def overwrite(store: StateStore, watermark: str, *, fmt: str, request_id: str) -> Watermark:
     """Set the watermark to ``watermark`` (forward or back), still conditionally.
 
-    The landed list is emptied: an operator moving the watermark wants every step
-    after it fetched again.
+    Listed steps after the new watermark stay listed (they did land); those at or
+    before it are dropped. To fetch landed steps again, clear the state first.
     """
+    mark = parse_value(watermark, fmt)
     for attempt in range(MAX_WRITE_ATTEMPTS):
         try:
             current = await store.read()
         except StateError:
             current = None  # replacing a malformed object is what 'set' is for
             await store.delete()
-        state = Watermark(watermark, _now(), request_id)
+        landed = () if current is None else _after(current.state.landed, mark, fmt)
+        state = Watermark(watermark, _now(), request_id, landed)
         try:
             await store.write(state, version=current.version if current else None)
         except StateConflict:
@@ -304,6 +306,17 @@ async def overwrite(store: StateStore, watermark: str, *, request_id: str) -> Wa
     raise StateError(
         f"state object {store.describe()}: lost {MAX_WRITE_ATTEMPTS} write races in a row"
     )
+
+
+def _after(landed: tuple[str, ...], mark: datetime, fmt: str) -> tuple[str, ...]:
+    kept = []
+    for value in landed:
+        try:
+            if parse_value(value, fmt) > mark:
+                kept.append(value)
+        except ValueError:
+            continue  # not a date of this format: nothing a run could use
+    return tuple(kept)
 
 
 # --------------------------------------------------------------------------- S3

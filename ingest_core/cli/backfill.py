@@ -196,20 +196,24 @@ def _report_incremental(result: dict[str, Any], job: Job) -> None:
         return
     info = result["incremental"]
     before, after = info["watermark_before"], info["watermark_after"]
+    if info["state_error"] is not None:
+        print(f"watermark: stays at {before or '(none)'}: the state was {info['state_error']}")
+    elif after != before:
+        print(f"watermark: {before or '(none)'} -> {after}")
+    elif not info["nothing_new"]:
+        print(f"watermark: stays at {before or '(none)'} (the first date fetched did not land)")
     if info["nothing_new"]:
         end = job.date_range.end if job.date_range else "?"
-        print(f"nothing new: every step up to {end} has landed (watermark {before})")
-    elif info["state_error"] is not None:
-        print(f"watermark: stays at {before or '(none)'}: the state was {info['state_error']}")
-    elif after == before:
-        print(f"watermark: stays at {before or '(none)'} (the first date fetched did not land)")
-    else:
-        print(f"watermark: {before or '(none)'} -> {after}")
+        print(f"nothing new: every step up to {end} has landed (watermark {after})")
     if info["already_landed"]:
-        print(f"already landed, not fetched again: {info['already_landed']:,} steps")
+        print(f"already landed, not fetched again: {_steps(info['already_landed'])}")
     if info["steps_behind"]:
-        print(f"still behind: {info['steps_behind']:,} steps (the next run fetches them)")
+        print(f"still behind: {_steps(info['steps_behind'])} (the next run fetches them)")
     print(f"state: {info['state']}")
+
+
+def _steps(count: int) -> str:
+    return f"{count:,} step{'' if count == 1 else 's'}"
 
 
 COMMAND = Command(

@@ -116,8 +116,15 @@ async def _act(args: argparse.Namespace) -> dict[str, Any]:
     async with _store(args) as store:
         where = store.describe()
         if args.action == "set":
-            state = await overwrite(store, args.watermark, request_id=SET_REQUEST_ID)
-            return {"state": where, "watermark": state.watermark, "updated_at": state.updated_at}
+            state = await overwrite(
+                store, args.watermark, fmt=args.format, request_id=SET_REQUEST_ID
+            )
+            return {
+                "state": where,
+                "watermark": state.watermark,
+                "landed": list(state.landed),
+                "updated_at": state.updated_at,
+            }
         if args.action == "clear":
             return {"state": where, "removed": await store.delete()}
         current = await store.read()

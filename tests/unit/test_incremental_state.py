@@ -24,6 +24,7 @@ from ingest_core.state import (
     decode,
     default_state_key,
     merge,
+    overwrite,
 )
 
 FMT = "%Y-%m-%d"
@@ -152,3 +153,18 @@ def test_local_store_refuses_a_stale_version_and_advance_keeps_the_max(tmp_path:
         return current.state.watermark
 
     assert asyncio.run(scenario()) == "2025-01-09"
+
+
+def test_set_keeps_the_steps_listed_after_the_new_watermark(tmp_path: Path) -> None:
+    # GIVEN Jan 3 failed and Jan 4-6 are listed as landed
+    store = LocalStateStore(tmp_path / "k.json")
+    listed = (jan(4), jan(5), jan(6))
+
+    async def scenario() -> Watermark:
+        await store.write(Watermark(jan(2), "t", "r", listed), version=None)
+        # WHEN an operator steps over Jan 3, then over Jan 4 too
+        await overwrite(store, jan(3), fmt=FMT, request_id="set")
+        return await overwrite(store, jan(4), fmt=FMT, request_id="set")
+
+    # THEN what landed after the watermark stays listed: those days are not fetched again
+    assert asyncio.run(scenario()).landed == (jan(5), jan(6))
