@@ -1,7 +1,8 @@
 """No secret in any output, in any spelling (issue 20), checked generatively.
 
-Hypothesis draws the secrets (a header token with or without ``Bearer``, or basic
-auth's user and password, and a secret query param) from an alphabet with
+Hypothesis draws the secrets (a header token with or without ``Bearer``, basic
+auth's user and password, or OAuth2's client id, client secret and the token its
+endpoint hands out; and a secret query param) from an alphabet with
 ``+ / = % @ : space``, mixed case and non-ASCII; which answers a hostile local API
 gives (``tests/support/hostile_api.py``: echoes into bodies, error bodies, headers,
 ``Location`` host/path/query, next links, totals, malformed answers, redirects to
@@ -68,7 +69,7 @@ vault = secrets_suite.vault
 capture = secrets_suite.capture
 __all__ = ["fresh_secrets"]  # a fixture of tests/functional, used here
 
-CI_EXAMPLES = 30  # each example is a whole run: ~2 s here, so the module stays near 1 minute
+CI_EXAMPLES = 20  # each example is a whole run (2-5 s here): the module stays under 2 minutes
 CONNECT_TIMEOUT_S = 0.3
 SOURCE = "leaks"
 PAGINATIONS: dict[str, dict[str, Any] | None] = {
@@ -103,10 +104,11 @@ SECRETS = st.text(CHARS, min_size=8, max_size=40).filter(_usable)
 class Case:
     """One drawn example."""
 
-    auth: str  # "bearer", "raw" (a header value without a scheme) or "basic"
-    token: str
-    user: str
-    key: str
+    auth: str  # "bearer", "raw" (a header value without a scheme), "basic" or "oauth2"
+    token: str  # the header's token, or OAuth2's access token
+    user: str  # basic auth's user, or OAuth2's client id
+    password: str  # basic auth's password, or OAuth2's client secret
+    key: str  # the secret query param
     answers: tuple[str, ...]
     pagination: str
     via: str  # "cli-json", "cli-summary" or "handler"
@@ -114,8 +116,10 @@ class Case:
 
     def secrets(self) -> list[str]:
         if self.auth == "basic":
-            basic = base64.b64encode(f"{self.user}:{self.token}".encode()).decode()
-            return [self.user, self.token, basic, self.key]
+            basic = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+            return [self.user, self.password, basic, self.key]
+        if self.auth == "oauth2":
+            return [self.token, self.user, self.password, self.key]
         return [self.header_value(), self.key]
 
     def header_value(self) -> str:
@@ -126,9 +130,10 @@ class Case:
 def cases(draw: st.DrawFn) -> Case:
     answers = draw(st.lists(st.sampled_from(ANSWER_NAMES), min_size=3, max_size=8, unique=True))
     return Case(
-        auth=draw(st.sampled_from(["bearer", "raw", "basic"])),
+        auth=draw(st.sampled_from(["bearer", "raw", "basic", "oauth2"])),
         token=draw(SECRETS),
         user=draw(SECRETS),
+        password=draw(SECRETS),
         key=draw(SECRETS),
         answers=("ok", *answers),  # a first day that lands: the state object is written
         pagination=draw(st.sampled_from(sorted(PAGINATIONS))),
@@ -165,9 +170,12 @@ def servers() -> Iterator[Servers]:
 def _references(vault: Vault, case: Case) -> dict[str, str]:
     """Each secret stored in moto's Secrets Manager under a fresh name; name -> reference."""
     refs = {}
-    values = {"token": case.header_value(), "user": case.user, "key": case.key}
-    if case.auth == "basic":
-        values["token"] = case.token
+    values = {
+        "token": case.header_value(),
+        "user": case.user,
+        "password": case.password,
+        "key": case.key,
+    }
     for name, value in values.items():
         secret_name = f"leaks/{name}-{uuid.uuid4().hex}"
         vault.put_secret(secret_name, value)
@@ -175,10 +183,17 @@ def _references(vault: Vault, case: Case) -> dict[str, str]:
     return refs
 
 
-def _api_config(case: Case, refs: dict[str, str]) -> dict[str, Any]:
+def _api_config(case: Case, refs: dict[str, str], token_url: str) -> dict[str, Any]:
     config: dict[str, Any] = {"secret_params": {SECRET_PARAM: refs["key"]}}
     if case.auth == "basic":
-        config["auth"] = {"type": "basic", "username": refs["user"], "password": refs["token"]}
+        config["auth"] = {"type": "basic", "username": refs["user"], "password": refs["password"]}
+    elif case.auth == "oauth2":
+        config["auth"] = {
+            "type": "oauth2_client_credentials",
+            "token_url": token_url,
+            "client_id": refs["user"],
+            "client_secret": refs["password"],
+        }
     else:
         config["secret_headers"] = {"Authorization": refs["token"]}
     if PAGINATIONS[case.pagination] is not None:
@@ -188,7 +203,7 @@ def _api_config(case: Case, refs: dict[str, str]) -> dict[str, Any]:
 
 def run_cli(case: Case, servers: Servers, refs: dict[str, str], folder: Path) -> dict[str, str]:
     """``backfill --incremental`` into ``folder``; the files it left that are not data."""
-    config = _api_config(case, refs)
+    config = _api_config(case, refs, f"{servers.url}/token")
     argv = [
         "backfill",
         *("--endpoint", f"{servers.url}/v1/data", "--source-id", SOURCE),
@@ -231,7 +246,7 @@ def run_handler(case: Case, servers: Servers, refs: dict[str, str], s3: MotoS3) 
             "read_timeout_s": 5,
         },
         request_id=request_id,
-        **_api_config(case, refs),
+        **_api_config(case, refs, f"{servers.url}/token"),
     )
     outputs = {}
     try:
@@ -252,6 +267,7 @@ def check(
     case: Case, servers: Servers, vault: Vault, capture: Capture, s3: MotoS3, tmp: Path
 ) -> None:
     servers.api.answers = list(case.answers)
+    servers.api.access_token = case.token
     refs = _references(vault, case)
     capture.reset()  # the test's own calls that planted the secrets
     if case.via == "handler":

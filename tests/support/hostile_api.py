@@ -5,6 +5,7 @@ answer to a request is picked by its ``answer`` query parameter, or by its
 ``date`` parameter (the *n*-th day of ``DAY_ZERO`` gets ``answers[n]``), so a
 ``backfill --start --end`` run meets one answer per item. What it echoes:
 
+- ``POST /token``: an OAuth2 token endpoint handing out ``access_token``;
 - ``TOKEN``: the ``Authorization`` value as received; ``CRED``: it without its
   scheme; ``KEY``: the ``api_key`` query (or JSON body) parameter, decoded;
 - into a 2xx body (data: it is stored as received), an error body, response
@@ -120,10 +121,13 @@ class HostileAPI:
         self.answers = list(answers)
         self.blackhole = blackhole
         self.refused = refused
+        self.access_token = ""  # what POST /token hands out (OAuth2 client credentials)
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/token":
+            return await self._token(request)
         secrets = await _secrets_of(request)
         answer = request.query.get("answer") or self._answer_for(request.query.get("date"))
         if _later_page(request) and answer not in ("total", "next-link-loop"):
@@ -131,6 +135,13 @@ class HostileAPI:
         if answer.startswith("raw-"):
             return await _raw(request, RAW_ANSWERS[answer[4:]], secrets)
         return _ANSWERS[answer](self, request, secrets)
+
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        """The token endpoint: the token, with the client's credentials echoed in headers."""
+        form = await request.post()
+        echoed = {f"X-Echo-{k}": _one_line(str(v)) for k, v in form.items() if k.startswith("c")}
+        body = {"access_token": self.access_token, "expires_in": 3600, "token_type": "Bearer"}
+        return web.json_response(body, headers=echoed)
 
     def _answer_for(self, date: str | None) -> str:
         if not date:
