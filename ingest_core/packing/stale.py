@@ -204,7 +204,7 @@ class StaleParts:
         """``record``, noting first which object each item that may be written is in."""
 
         def note(result: ItemResult) -> None:
-            if result.status in _HELD and result.pack is not None and result.key:
+            if result.status in _HELD and result.key:
                 self.kept.add(result.key)
             record(result)
 

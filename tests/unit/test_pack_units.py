@@ -19,7 +19,7 @@ from ingest_core.keys import PackKeys
 from ingest_core.limits import ByteBudget
 from ingest_core.netguard import NetPolicy
 from ingest_core.packing import FLUSH_EVERY, Packer, Page, RecordUnit, ResponseUnit, make_unit
-from ingest_core.packing.stale import PartPattern
+from ingest_core.packing.stale import PartPattern, StaleParts
 from ingest_core.packing.units import decode_line, exact_loads
 from ingest_core.results import ItemResult, ItemStatus
 
@@ -458,3 +458,35 @@ def test_parts_of_a_template_without_request_id_are_not_the_runs_to_remove() -> 
 def test_parts_named_by_step_are_not_parts_to_remove() -> None:
     keys = PackKeys("{source_id}/{request_id}/{step}-{part}.ndjson", "s", "r", 0, "date")
     assert PartPattern.of(keys) is None
+
+
+class _Parts:
+    """A PartStore in memory: the keys a destination holds."""
+
+    def __init__(self, keys: set[str]) -> None:
+        self.keys = keys
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return [k for k in self.keys if k.startswith(prefix)]
+
+    async def delete(self, key: str) -> None:
+        self.keys.discard(key)
+
+
+def test_stale_parts_keeps_what_the_run_wrote_or_may_have_and_deletes_the_rest() -> None:
+    # GIVEN an earlier run's parts 0-3, another batch's part, and this run's results:
+    # part 0 written, part 1 failed (aborted over the old object), part 2 cut (unknown)
+    keys = PackKeys("{source_id}/{request_id}-{first_index}-{part}.ndjson.gz", "s", "r", 0)
+    other = "s/r-10-0.ndjson.gz"
+    store = _Parts({keys.key(n) for n in range(4)} | {other, "s/_manifests/r.json"})
+    stale = StaleParts(keys, store)
+    record = stale.recording(lambda result: None)
+    for part, status in enumerate(
+        [ItemStatus.WRITTEN, ItemStatus.FAILED, ItemStatus.WRITE_UNKNOWN]
+    ):
+        record(ItemResult(index=part, params={}, key=keys.key(part), status=status))
+    # WHEN the run ends
+    asyncio.run(stale.remove(RunClock.for_deadline(None, 5)))
+    # THEN the failed part and the earlier run's part 3 are gone; the rest stays
+    assert store.keys == {keys.key(0), keys.key(2), other, "s/_manifests/r.json"}
+    assert sorted(stale.removed) == [keys.key(1), keys.key(3)]
