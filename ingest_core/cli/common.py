@@ -274,7 +274,7 @@ OPTION_HELP = {
     "fail_on_error": "treat any failed item as a failed run (the CLI exits 1 either way)",
     "s3_max_attempts": "attempts per S3 call (SlowDown, 5xx, dropped connection) within a deadline",
     "adaptive": "fixed concurrency: no adaptive limit, pause or pace per origin",
-    "max_catch_up": "incremental runs: steps one run covers at most, oldest first (default 1000)",
+    "max_catch_up": "incremental runs: steps one run covers at most, oldest first",
     "max_retry_after_s": "longest Retry-After honoured; an item asked for more fails throttled",
 }
 
@@ -380,8 +380,9 @@ def _add_pack_flags(parser: argparse.ArgumentParser) -> None:
         dest="pack_key_template",
         default=None,
         metavar="T",
-        help="pack key with {source_id} {request_id} {first_index} {part}"
-        f" (default: {PACK_KEY_TEMPLATES['gzip']})",
+        help="pack key with {source_id} {request_id} {first_index} {part}, or {step}"
+        f" (one object per date; default: {PACK_KEY_TEMPLATES['gzip']}, with"
+        " backfill --incremental {source_id}/{step}.ndjson.gz)",
     )
 
 

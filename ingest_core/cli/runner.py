@@ -173,7 +173,8 @@ def add_dest_flags(parser: argparse.ArgumentParser, *, request_id_help: str) -> 
         "--key-template",
         metavar="T",
         help=f"object key template (default: {DEFAULT_KEY_TEMPLATE}, or"
-        f" {PAGINATED_KEY_TEMPLATE} with pagination); an s3 prefix is put before it",
+        f" {PAGINATED_KEY_TEMPLATE} with pagination; with backfill --incremental"
+        " {source_id}/{param.date}.json); an s3 prefix is put before it",
     )
     where.add_argument("--request-id", metavar="ID", help=request_id_help)
 
