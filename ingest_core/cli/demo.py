@@ -27,13 +27,11 @@ from typing import Any
 from ingest_core.cli.common import (
     PROG,
     Command,
-    ProgressDisplay,
     UsageError,
     add_progress_flag,
-    print_failures,
-    print_summary,
     run_async,
 )
+from ingest_core.cli.display import ProgressDisplay, print_failures, print_summary
 from ingest_core.engine import RunOutcome, limits_for
 from ingest_core.events import Job, parse_event
 from ingest_core.netguard import NetPolicy

@@ -27,7 +27,6 @@ from typing import Any
 from ingest_core.cli import autopage
 from ingest_core.cli.common import (
     PROG,
-    ProgressDisplay,
     UsageError,
     add_option_flags,
     add_progress_flag,
@@ -36,11 +35,10 @@ from ingest_core.cli.common import (
     key_value,
     load_json_object,
     options_from_args,
-    print_failures,
-    print_summary,
     run_async,
     usage_error_from,
 )
+from ingest_core.cli.display import ProgressDisplay, print_failures, print_summary
 from ingest_core.cli.redrive import (
     RedriveContext,
     RedriveWriter,

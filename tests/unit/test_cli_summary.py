@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from ingest_core.cli.common import print_summary, summary_rows
+from ingest_core.cli.display import print_summary, summary_rows
 
 RESULT: dict[str, Any] = {
     "status": "SUCCESS",
