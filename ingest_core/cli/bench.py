@@ -177,6 +177,9 @@ def _event(args: argparse.Namespace, concurrency: int) -> dict[str, Any]:
     bucket, prefix = _bucket_and_prefix(args.dest)
     params = dict(args.query or [])
     shape = request_config(args)
+    if shape.get("pagination", {}).get("type") == "auto":
+        # A measurement must not depend on a guess: name the paginator.
+        raise UsageError(("--paginate", "auto is for backfill and list; name the type here"))
     paged = "pagination" in shape
     return {
         "api_config": {
