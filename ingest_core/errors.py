@@ -35,7 +35,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from ingest_core.redact import scrub, scrub_value
+from ingest_core.redact import clip, scrub, scrub_value
 
 
 class FailureKind(StrEnum):
@@ -74,7 +74,9 @@ class InvalidEventError(IngestError, ValueError):
     @classmethod
     def _capped(cls, problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """The first ``MAX_PROBLEMS`` problems, each reason cut, and a count of the rest."""
-        kept = [(field, reason[: cls.MAX_REASON]) for field, reason in problems[: cls.MAX_PROBLEMS]]
+        kept = [
+            (field, clip(reason, cls.MAX_REASON)) for field, reason in problems[: cls.MAX_PROBLEMS]
+        ]
         rest = len(problems) - len(kept)
         if rest > 0:
             kept.append(("event", f"{rest} more problems not shown"))

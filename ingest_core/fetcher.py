@@ -39,6 +39,7 @@ from ingest_core.errors import (
     TruncatedBody,
 )
 from ingest_core.netguard import GuardedResolver, NetPolicy, check_url
+from ingest_core.redact import clip
 from ingest_core.retry import is_retryable_status, parse_retry_after
 
 MAX_REDIRECTS = 10
@@ -474,7 +475,7 @@ def _parser_summary(message: object) -> str:
     """The leading words of an HTTP parser's message, never the bytes it quotes."""
     first = str(message).split("\n", 1)[0].split(":", 1)[0].strip()
     match = _SUMMARY_RE.match(first)
-    return match.group(0).strip()[:100] if match else "unparsable"
+    return clip(match.group(0).strip(), 100) if match else "unparsable"
 
 
 def _describe(exc: BaseException, phrase: str, place: Place | None) -> str:

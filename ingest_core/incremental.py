@@ -35,6 +35,7 @@ from ingest_core.errors import StateError
 from ingest_core.events import Job, PlannedItem
 from ingest_core.planner import Grid, grid
 from ingest_core.ranges import DateRange
+from ingest_core.redact import clip
 from ingest_core.results import ItemResult, Tally
 from ingest_core.s3retry import S3Retry, write_scope
 from ingest_core.state import (
@@ -312,7 +313,7 @@ async def _advance(
         return stored, None
     # The state keeps what it had: the next run fetches these steps again, onto their keys.
     log.error("could not advance the state", extra={"state": store.describe(), "error": error})
-    return None, error[:300]
+    return None, clip(error, 300)
 
 
 def _behind(window: Window, landed: LandedSteps) -> int:

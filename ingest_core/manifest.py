@@ -13,6 +13,7 @@ from pathlib import Path
 from ingest_core.clock import RunClock
 from ingest_core.events import Job
 from ingest_core.keys import manifest_key
+from ingest_core.redact import clip
 from ingest_core.s3retry import S3Retry, WriteStats, write_scope
 from ingest_core.writers import ObjectWriter
 
@@ -40,7 +41,7 @@ async def store_manifest(
             return None, error, stats
         except Exception as exc:
             log.exception("could not write the manifest", extra={"manifest_key": key})
-            return None, f"not written: {exc}"[:MAX_ERROR_TEXT], stats
+            return None, clip(f"not written: {exc}", MAX_ERROR_TEXT), stats
     return key, None, stats
 
 

@@ -207,6 +207,15 @@ def scrub(text: str) -> str:
     return text
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` scrubbed, then cut to ``limit`` characters: the only safe order.
+
+    Cut first, a secret across the cut would no longer match, and its first
+    characters would be left.
+    """
+    return scrub(text)[:limit]
+
+
 def contains_secret(text: str) -> bool:
     """True when ``text`` holds a registered secret, in any spelling."""
     forms = _forms

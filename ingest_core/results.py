@@ -14,7 +14,7 @@ import orjson
 
 from ingest_core.config import MAX_FAILURES_IN_RESULT
 from ingest_core.errors import FailureKind
-from ingest_core.redact import contains_secret, scrub
+from ingest_core.redact import clip, contains_secret, scrub
 
 RESULT_FAILURES_BUDGET_BYTES = 192 * 1024  # leaves room under Step Functions' 256 KiB
 MAX_FAILURE_PARAMS_BYTES = 2048
@@ -150,7 +150,7 @@ class ItemResult:
             "side": self.side,
             "attempts": self.attempts,
             "s3_attempts": self.s3_attempts,
-            "error": (self.error or "")[:MAX_ERROR_TEXT],
+            "error": clip(self.error or "", MAX_ERROR_TEXT),
         }
         if len(orjson.dumps(self.params)) > MAX_FAILURE_PARAMS_BYTES:
             entry["params"] = None

@@ -12,6 +12,7 @@ from xml.etree import ElementTree
 import aiohttp
 
 from ingest_core.errors import S3WriteError
+from ingest_core.redact import clip
 
 S3_RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 S3_THROTTLED_STATUSES = frozenset({429, 503})
@@ -113,7 +114,7 @@ def _s3_error(operation: str, exc: Exception) -> S3WriteError:
     )
     throttled = code in S3_THROTTLING_CODES or status in S3_THROTTLED_STATUSES
     return S3WriteError(
-        f"{operation}: {type(exc).__name__}: {exc}"[:500],
+        clip(f"{operation}: {type(exc).__name__}: {exc}", 500),
         code=code,
         retryable=retryable,
         throttled=throttled,

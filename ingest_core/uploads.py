@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingest_core.redact import clip
 from ingest_core.writers import (
     MultipartUpload,
     ObjectMeta,
@@ -155,7 +156,8 @@ class UploadTracker:
         try:
             await upload.abort()
         except Exception as exc:  # logged with what identifies the upload, never lost
-            self._failed.append(OpenUpload(key, _upload_id(upload), f"abort failed: {exc}"[:300]))
+            error = clip(f"abort failed: {exc}", 300)
+            self._failed.append(OpenUpload(key, _upload_id(upload), error))
         finally:
             self._open.pop(id(upload), None)
 

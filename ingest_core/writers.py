@@ -36,6 +36,7 @@ import aiohttp
 from yarl import URL
 
 from ingest_core.errors import S3WriteError
+from ingest_core.redact import clip
 from ingest_core.s3errors import (
     _error_code,
     _error_status,
@@ -301,7 +302,7 @@ class S3Writer:
                     raise _lean_error(resp.status, await resp.read())
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise S3WriteError(
-                f"PutObject: {type(exc).__name__}: {exc}"[:500], retryable=True
+                clip(f"PutObject: {type(exc).__name__}: {exc}", 500), retryable=True
             ) from exc
 
     async def _signed_headers(

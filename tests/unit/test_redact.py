@@ -17,7 +17,7 @@ import pytest
 from yarl import URL
 
 from ingest_core.cli.redrive import RedriveContext, RedriveWriter
-from ingest_core.errors import FailureKind, PartialFailureError
+from ingest_core.errors import FailureKind, InvalidEventError, PartialFailureError
 from ingest_core.observability import publish_metrics, summary
 from ingest_core.redact import (
     REDACTED,
@@ -156,8 +156,13 @@ def test_a_secret_is_scrubbed_before_a_text_is_cut() -> None:
     register_secret(token)
     error = "x" * (MAX_ERROR_TEXT - 10) + token + "y" * 1000
     failed = ItemResult(0, {}, None, ItemStatus.FAILED, 1, kind=FailureKind.TIMEOUT, error=error)
-    # WHEN it becomes a failure entry THEN not even the part before the cut is left
+    # WHEN it becomes a failure entry (scrubbed upstream or not)
+    # THEN not even the part before the cut is left
     assert token[:10] not in failed.scrubbed().failure_entry()["error"]
+    assert token[:10] not in failed.failure_entry()["error"]
+    # AND the same holds for a bad event's reason, cut at its own length
+    reason = "x" * (InvalidEventError.MAX_REASON - 10) + token
+    assert token[:10] not in str(InvalidEventError([("api_config.headers", reason)]))
 
 
 def test_the_redrive_writer_scrubs_what_it_is_given(tmp_path: Path) -> None:
