@@ -110,3 +110,32 @@ def test_the_digest_depends_on_the_items_not_on_the_formatting(tmp_path: Path) -
         with open_params(name, None, flag="ITEMS") as params:
             digests.append(params.digest)
     assert digests[0] == digests[1] != digests[2]
+
+
+def test_plan_from_a_list_streams_its_items_as_distributed_map_items(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingest_core.cli import main
+
+    # GIVEN a CSV list
+    name = write(tmp_path, "ids.csv", "id,kind\n7,a\n8,\n")
+    # WHEN plan splits it, with a fixed param and an index offset
+    code = main(["plan", "--from", name, "--jsonl", "--query", "region=eu", "--index-offset", "10"])
+    # THEN every line is an item with a global index, the list's params over --query's
+    assert code == 0
+    assert capsys.readouterr().out.splitlines() == [
+        '{"index":10,"params":{"region":"eu","id":"7","kind":"a"}}',
+        '{"index":11,"params":{"region":"eu","id":"8"}}',
+    ]
+
+
+def test_plan_from_refuses_dates_and_names_a_bad_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingest_core.cli import main
+
+    name = write(tmp_path, "ids.jsonl", '{"id": 1}\n"two"\n')
+    assert main(["plan", "--from", name, "--start", "2025-01-01"]) == 2
+    assert "--start: cannot be combined with --from" in capsys.readouterr().err
+    assert main(["plan", "--from", name]) == 2
+    assert f"--from: {name} line 2: a JSON str, not an object" in capsys.readouterr().err
