@@ -21,8 +21,8 @@ Each is searched for every spelling of every secret (``tests/support/spellings.p
 written independently of the scrubber). Zero found. Stored bodies are not searched:
 a value the API chooses to write into the data it returns is data.
 
-CI runs ``profiles.CI`` with fewer examples (each is a whole run); ``make soak``
-runs ``profiles.SOAK`` (``FANOUT_PROPERTY_EXAMPLES``).
+CI runs ``profiles.CI`` with ``CI_EXAMPLES`` (each is a whole run); ``make soak``
+runs ``profiles.SOAK`` with a quarter of ``FANOUT_PROPERTY_EXAMPLES`` (100 by default).
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ capture = secrets_suite.capture
 __all__ = ["fresh_secrets"]  # a fixture of tests/functional, used here
 
 CI_EXAMPLES = 20  # each example is a whole run (2-5 s here): the module stays under 2 minutes
+# A quarter of the pipeline test's soak count: each example here is one or two whole runs.
+SOAK_EXAMPLES = max(1, profiles.soak_examples() // 4)
 CONNECT_TIMEOUT_S = 0.3
 SOURCE = "leaks"
 PAGINATIONS: dict[str, dict[str, Any] | None] = {
@@ -299,7 +301,7 @@ def test_no_spelling_of_any_secret_reaches_any_output(
 
 
 @pytest.mark.soak
-@profiles.SOAK
+@settings(profiles.SOAK, max_examples=SOAK_EXAMPLES)
 @given(case=cases())
 def test_soak_no_spelling_of_any_secret_reaches_any_output(
     servers: Servers,
