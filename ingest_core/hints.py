@@ -36,6 +36,7 @@ from ingest_core.results import ItemResult, ItemStatus
 
 # Depth of nested objects searched for fields (links.next.href is depth 2).
 MAX_DEPTH: Final = 2
+MAX_KEYS_READ: Final = 512  # keys looked at per body, all levels together
 MAX_KEPT_TEXT: Final = 2048  # a next link or cursor longer than this is not a hint worth keeping
 # Keys (lower case, without "_" and "-") that hold a next link or cursor.
 CURSOR_KEYS: Final = frozenset({"cursor", "nextcursor", "continuationtoken", "pagetoken"})
@@ -76,29 +77,41 @@ def keep(value: Any) -> dict[str, Any]:
 
     Nested objects are kept down to ``MAX_DEPTH`` levels, and only on the way to
     such a field, so a page holds a few bytes, not its records, while it is written.
+    At most ``MAX_KEYS_READ`` keys are looked at: an envelope has a few, and a body
+    that is one big map of records must not cost a second walk.
     """
-    return _keep(value, 0) if isinstance(value, dict) else {}
+    return _keep(value, 0, [MAX_KEYS_READ]) if isinstance(value, dict) else {}
 
 
-def _keep(node: Mapping[str, Any], depth: int) -> dict[str, Any]:
+def _keep(node: Mapping[str, Any], depth: int, budget: list[int]) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     for key, value in node.items():
+        budget[0] -= 1
+        if budget[0] < 0:
+            break
         if not isinstance(key, str):
             continue
-        name = _norm(key)
-        if _is_next_key(key) and (_is_scalar_token(value) or value is None):
-            kept[key] = value
-        elif _is_next_key(key) and isinstance(value, dict):
-            links = {k: value[k] for k in URL_SUBKEYS if _is_scalar_token(value.get(k))}
-            if links:
-                kept[key] = links
-        elif (name in TOTAL_PAGES_KEYS or name in TOTAL_RECORDS_KEYS) and _is_count(value):
-            kept[key] = value
+        found = _kept(key, value)
+        if found is not None:
+            kept[key] = found
         elif isinstance(value, dict) and depth < MAX_DEPTH:
-            inner = _keep(value, depth + 1)
+            inner = _keep(value, depth + 1, budget)
             if inner:
                 kept[key] = inner
     return kept
+
+
+def _kept(key: str, value: Any) -> Any:
+    """What to keep of one field, or None for nothing (a null next link says nothing more)."""
+    name = _norm(key)
+    if _is_next_key(key) and _is_scalar_token(value):
+        return value
+    if _is_next_key(key) and isinstance(value, dict):
+        links = {k: value[k] for k in URL_SUBKEYS if _is_scalar_token(value.get(k))}
+        return links or None
+    if (name in TOTAL_PAGES_KEYS or name in TOTAL_RECORDS_KEYS) and _is_count(value):
+        return value
+    return None
 
 
 def page_keep(pagination: PaginationConfig | None) -> Callable[[Any], Any]:

@@ -61,9 +61,15 @@ def test_keep_holds_the_next_fields_and_totals_but_never_the_records() -> None:
     assert keep(body) == {
         "meta": {"next_cursor": "abc", "total": 5000},
         "links": {"next": {"href": "/v1/rows?page=2"}},
-        "nextPageToken": None,
     }
     assert keep([1, 2, 3]) == {}
+
+
+def test_keep_looks_at_a_bounded_number_of_keys() -> None:
+    # A body that is one big map of records: the next link after it is not looked for.
+    body = {f"id-{i}": {"value": i} for i in range(10_000)}
+    assert keep({**body, "next": "/v1/rows?page=2"}) == {}
+    assert keep({"next": "/v1/rows?page=2", **body}) == {"next": "/v1/rows?page=2"}
 
 
 def test_datasette_page0_gives_three_readings_of_the_same_next_page() -> None:
