@@ -11,6 +11,7 @@ wrong (every item empty, a next page ignored) says so in its warnings.
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import subprocess
@@ -252,6 +253,23 @@ def test_list_against_datasette_lands_every_row_once_and_warns_when_it_looks_wro
     assert (result["records_ingested"], result["pages_written"]) == (3_000, 30)
     assert result["warnings"] == []
     assert stored_rows(tmp_path / "auto") == Counter(range(1, 3_001))
+
+    # WHEN it is listed again, packed one line per record
+    packed = run_cli(
+        *list_args(str(groups), datasette.table, tmp_path / "packed", *common),
+        "--paginate",
+        "link_header",
+        "--pack",
+        "record",
+    )
+    # THEN the pack objects hold every row exactly once too
+    assert packed.returncode == 0, packed.stderr
+    lines = [
+        json.loads(line)
+        for path in (tmp_path / "packed").rglob("*.ndjson.gz")
+        for line in gzip.decompress(path.read_bytes()).splitlines()
+    ]
+    assert Counter(line["id"] for line in lines) == Counter(range(1, 3_001))
 
     # WHEN the same list runs without pagination
     plain = run_cli(*list_args(str(groups), datasette.table, tmp_path / "plain", *common))
