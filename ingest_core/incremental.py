@@ -33,7 +33,7 @@ from ingest_core.config import Options
 from ingest_core.engine import ItemCallback, RunOutcome
 from ingest_core.errors import StateError
 from ingest_core.events import Job, PlannedItem
-from ingest_core.planner import Grid, grid
+from ingest_core.planner import Grid, grid, parse_value
 from ingest_core.ranges import DateRange
 from ingest_core.redact import clip
 from ingest_core.results import ItemResult, Tally
@@ -108,8 +108,20 @@ class Window:
 
     @property
     def beyond(self) -> int:
-        """Steps of the range after the window: the next runs' share."""
-        return max(0, self.grid.count - 1 - max(self.last, self.first - 1))
+        """Steps of the range after the window not listed as landed: the next runs' share."""
+        after = max(self.last, self.first - 1)
+        if after >= self.grid.count - 1:
+            return 0
+        low, high = self.grid.text(after), self.grid.text(self.grid.count - 1)
+        listed = sum(1 for value in self.landed if self._between(value, low, high))
+        return self.grid.count - 1 - after - listed
+
+    def _between(self, value: str, low: str, high: str) -> bool:
+        fmt = self.grid.fmt
+        try:
+            return parse_value(low, fmt) < parse_value(value, fmt) <= parse_value(high, fmt)
+        except ValueError:
+            return False  # checked when read; a value of another format is not a step
 
     def steps(self) -> Iterator[str]:
         """Every step of the window, in order, as the format renders it."""

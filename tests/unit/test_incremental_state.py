@@ -12,8 +12,9 @@ import pytest
 
 from ingest_core import InvalidEventError, StateError, parse_event
 from ingest_core.errors import FailureKind, StateConflict
-from ingest_core.incremental import LandedSteps
+from ingest_core.incremental import LandedSteps, plan_window
 from ingest_core.netguard import NetPolicy
+from ingest_core.ranges import DateRange
 from ingest_core.results import ItemResult, ItemStatus
 from ingest_core.state import (
     MAX_LANDED,
@@ -168,3 +169,30 @@ def test_set_keeps_the_steps_listed_after_the_new_watermark(tmp_path: Path) -> N
 
     # THEN what landed after the watermark stays listed: those days are not fetched again
     assert asyncio.run(scenario()).landed == (jan(5), jan(6))
+
+
+def date_range(start: str, end: str) -> DateRange:
+    return DateRange(start=start, end=end, incremental=True)
+
+
+def test_a_window_catches_up_from_before_start_bounded_oldest_first() -> None:
+    # GIVEN a watermark at Jan 3, Jan 6 listed as landed, and a run over Jan 8-10
+    state = Watermark(jan(3), "t", "r", (jan(6),))
+    # WHEN at most 4 steps may be covered
+    window = plan_window(date_range(jan(8), jan(10)), state, max_catch_up=4)
+    # THEN the window is Jan 4-7, Jan 6 is not fetched, and 3 steps are left after it
+    assert list(window.steps()) == [jan(4), jan(5), jan(6), jan(7)]
+    todo = [value for value in window.steps() if value not in window.landed]
+    assert todo == [jan(4), jan(5), jan(7)] and window.beyond == 3
+
+
+def test_steps_listed_past_the_window_are_not_counted_behind() -> None:
+    state = Watermark(jan(3), "t", "r", (jan(9),))
+    window = plan_window(date_range(jan(1), jan(10)), state, max_catch_up=2)
+    assert list(window.steps()) == [jan(4), jan(5)]
+    assert window.beyond == 4  # Jan 6, 7, 8, 10
+
+
+def test_a_first_window_follows_the_step_before_start() -> None:
+    window = plan_window(date_range(jan(1), jan(3)), None, max_catch_up=1000)
+    assert (window.anchor, list(window.steps())) == ("2024-12-31", [jan(1), jan(2), jan(3)])
