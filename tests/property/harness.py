@@ -41,7 +41,7 @@ RSS_TICK_S = 0.01
 HANG_GRACE_S = 15.0
 
 
-@dataclass
+@dataclass(repr=False)  # Hypothesis prints the arguments of a failing example
 class Servers:
     """The module's servers and a scratch folder for the local sink."""
 
@@ -51,6 +51,12 @@ class Servers:
     proxy: S3FaultProxy
     canary: Canary
     scratch: Path
+
+    def __repr__(self) -> str:
+        return f"<Servers api={self.api_url} s3={self.proxy.endpoint}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))  # Hypothesis's printer would list every field
 
     def prepare(self, world: World) -> None:
         """Reset every server to serve ``world`` and nothing else."""

@@ -20,7 +20,15 @@ from tests.property.harness import (
     named_keys,
     served_records,
 )
-from tests.property.model import API_FAULTS, S3_FATAL, World, expected, page_start
+from tests.property.model import (
+    API_FAULTS,
+    S3_COUNTED_RETRIES,
+    S3_FATAL,
+    THROTTLE_STATUSES,
+    World,
+    expected,
+    page_start,
+)
 from tests.support.reliability import assert_counts
 
 # Kinds any item may fail with when the deadline is tight: cut, not started, or the
@@ -42,7 +50,10 @@ def check(world: World, run: Run, servers: Servers) -> None:
     assert store.open_uploads() == [], "a multipart upload was left open"
     entries = _manifest(world, result, store, fired)
     _check_kinds(world, result, fired)
+    if not world.tight:  # under a tight deadline, a cut attempt's answer may go uncounted
+        _check_throttle_counts(result, servers, fired)
     if entries is not None:
+        _check_not_attempted(entries)
         _check_stored(world, result, entries, store, servers)
     budget = world.memory_budget_mb + RSS_SLACK_MIB
     if world.sink == "local":  # S3 sinks: moto and the proxy share this process's RSS
@@ -98,6 +109,25 @@ def _check_kinds(world: World, result: dict[str, Any], fired: list[str]) -> None
         assert failure["kind"] in allowed, (
             f"item {item} failed {failure['kind']!r} ({failure['error']}); allowed {set(allowed)}"
         )
+
+
+def _check_throttle_counts(result: dict[str, Any], servers: Servers, fired: list[str]) -> None:
+    """Every 429/503 the API sent and every SlowDown S3 sent is counted (CONTRACT §14)."""
+    api_throttles = sum(s in THROTTLE_STATUSES for s in servers.api.fault_statuses)
+    slowdowns = fired.count("slowdown")
+    assert result["throttled"] == api_throttles + slowdowns, (
+        f"throttled {result['throttled']}; the API sent {api_throttles} 429/503,"
+        f" S3 {slowdowns} SlowDown"
+    )
+    counted = sum(f in S3_COUNTED_RETRIES for f in fired)
+    assert result["retries"] >= counted, f"retries {result['retries']} < {counted} S3 faults"
+
+
+def _check_not_attempted(entries: dict[int, dict[str, Any]]) -> None:
+    """An item that never started took no attempt (CONTRACT §16)."""
+    for index, entry in entries.items():
+        if entry["status"] == "not_attempted":
+            assert entry["attempts"] == 0, f"item {index} not attempted with attempts > 0"
 
 
 def _check_stored(

@@ -77,6 +77,7 @@ class PagedAPI:
     pad: int = 0  # characters of padding in every record (bigger pages)
     # (path, date, start record) -> the bytes of the last 200 answer for that page
     served: dict[tuple[str, str, int], bytes] = field(default_factory=dict)
+    fault_statuses: list[int] = field(default_factory=list)  # of item_faults answered
 
     def reset(self, **changes: Any) -> None:
         """Back to the defaults (logs and faults cleared), then apply ``changes``.
@@ -144,6 +145,7 @@ class PagedAPI:
     async def _fault(
         self, request: web.Request, fault: int | Response, page: web.Response
     ) -> web.StreamResponse:
+        self.fault_statuses.append(fault if isinstance(fault, int) else fault.status)
         if isinstance(fault, int):
             return web.Response(status=fault, text="fault")
         body = page.body if 200 <= fault.status < 300 and isinstance(page.body, bytes) else b"{}"
