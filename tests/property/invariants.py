@@ -18,6 +18,7 @@ from tests.property.harness import (
     Store,
     decoded,
     named_keys,
+    run_world,
     served_records,
 )
 from tests.property.model import (
@@ -34,6 +35,12 @@ from tests.support.reliability import assert_counts
 # Kinds any item may fail with when the deadline is tight: cut, not started, or the
 # last error of a page whose retries the deadline stopped.
 DEADLINE_KINDS = frozenset({"deadline", "throttled"})
+
+
+def check_world(world: World, servers: Servers) -> None:
+    """One example: reset the servers, run the world, check every invariant."""
+    servers.prepare(world)
+    check(world, run_world(world, servers), servers)
 
 
 def check(world: World, run: Run, servers: Servers) -> None:

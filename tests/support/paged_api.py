@@ -11,7 +11,7 @@ Routes (all GET unless said):
 - ``/cursor``: ``{"items": [...], "meta": {"next_cursor": C or null}}``
 - ``/hcursor``: cursor in the ``X-Next-Cursor`` header
 - ``/offset``: ``offset``/``limit`` params, ``{"items", "total"}`` and ``X-Total-Count``
-- ``/pages``: ``page`` param (from 1), ``{"items", "total_pages", "total"}``
+- ``/pages``: ``page`` param (from 1), ``{"items", "total_pages", "total"}`` and ``X-Total-Count``
 - ``/search`` (POST): the JSON body holds ``date`` and ``cursor``
 - ``/loop``: a cursor that always points back to the same page
 - ``/away``: a next link to ``away_origin`` (another origin)
@@ -220,7 +220,10 @@ class PagedAPI:
         pages = self.announced_pages
         if pages is None:
             pages = math.ceil(int(total) / self.page_size)
-        return web.json_response({"items": page, "total_pages": pages, "total": total})
+        return web.json_response(
+            {"items": page, "total_pages": pages, "total": total},
+            headers={"X-Total-Count": str(total)},
+        )
 
     def _loop(
         self, _q: web.Request, _p: Any, page: list[Any], _a: int, _m: bool, _r: Any
