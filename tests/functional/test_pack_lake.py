@@ -198,3 +198,41 @@ def test_duckdb_decodes_a_base64_body_from_s3_to_the_bytes_the_api_sent(
     )
     # THEN it has the API's bytes, every one
     assert rows == [(raw,)]
+
+
+def test_duckdb_counts_each_item_once_after_a_rerun_in_fewer_parts(
+    api_server: Any, tmp_path: Path
+) -> None:
+    # GIVEN a response pack of 12 items of ~300 KB in 3 parts, then the same batch again
+    # with small bodies that fit in 1 part (a re-run under the same request id)
+    def run_once(pad: int) -> None:
+        script = {
+            str(n): Response(body=orjson.dumps({"n": n, "pad": "p" * pad})) for n in range(12)
+        }
+        url = api_server(ScriptedAPI(script)).url
+        event = event_for(
+            f"{url}/v1/data",
+            batch=[{"date": str(n)} for n in range(12)],
+            request_id="lake-rerun",
+            options={"concurrency": 1, "pack": {"target_mb": 1, "compression": "none"}},
+        )
+        job = parse_event(event, policy=NetPolicy(allow_private_networks=True))
+        settings = Settings(policy=NetPolicy(allow_private_networks=True))
+        outcome = asyncio.run(run_job(job, writer=LocalDirWriter(tmp_path), settings=settings))
+        assert outcome.result["status"] == "SUCCESS"
+
+    run_once(300_000)
+    assert len(list((tmp_path / SOURCE).glob("lake-rerun-*"))) == 3
+    run_once(10)
+    # WHEN DuckDB reads every pack under the prefix (LAKE.md, "Re-runs and stale parts")
+    files = str(tmp_path / SOURCE / "lake-rerun-*.ndjson")
+    counted = (
+        duckdb.connect()
+        .execute(
+            "SELECT count(*), count(DISTINCT index), max(length(body.pad))"
+            f" FROM read_json('{files}')"
+        )
+        .fetchone()
+    )
+    # THEN each item is counted once, with the re-run's body (not the earlier run's too)
+    assert counted == (12, 12, 10)
