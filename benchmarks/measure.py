@@ -129,6 +129,7 @@ class Bench:
         verify: bool = True,
         check: Callable[[dict[str, Any], int, int], str | None] | None = None,
         api_config: dict[str, Any] | None = None,
+        loop: str = "asyncio",
     ) -> dict[str, Any]:
         """Run one worker, check what landed in S3 and return its record.
 
@@ -152,6 +153,7 @@ class Bench:
             body_bytes=body_bytes,
             options=options or {},
             api_config=api_config or {},
+            loop=loop,
         )
         waited = self._wait_quiet()
         before = (_server_cpu(servers.api_pid), _server_cpu(servers.s3_pid))

@@ -77,6 +77,7 @@ class WorkerSpec:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra handler options
     api_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # over fanout's own
     repeats: int = WARM_INVOCATIONS  # fanout_warm only
+    loop: str = "asyncio"  # "asyncio" or "uvloop": the event loop every async peer runs on
 
 
 @dataclasses.dataclass(slots=True)
@@ -265,6 +266,91 @@ def _raw_put(spec: WorkerSpec) -> Callable[[str, int], Outcome]:
     return run
 
 
+# ------------------------------------------------------- the lean floors (round 3)
+# What the leanest honest client spends: no latency samples, no per-item dates, no
+# checks beyond the status codes (docs/PERFORMANCE.md, "Round three").
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for ``name``; None is asyncio's default loop."""
+    if name == "uvloop":
+        import uvloop  # an ImportError here makes the worker report "failed"
+
+        return uvloop.new_event_loop
+    if name != "asyncio":
+        raise ValueError(f"unknown loop {name!r}")
+    return None
+
+
+def _lean_params(index: int) -> dict[str, Any]:
+    return {"date": LEAN_DATES[index % len(LEAN_DATES)], "i": index}
+
+
+LEAN_DATES = [(BASE_DATE + dt.timedelta(days=d)).isoformat() for d in range(DATE_CYCLE_DAYS)]
+
+
+async def _get_only_item(session: Any, spec: WorkerSpec, index: int) -> bool:
+    async with session.get(spec.api_url, params=_lean_params(index), headers=API_HEADERS) as got:
+        await got.read()
+        return bool(got.status == 200)
+
+
+async def _lean_item(session: Any, spec: WorkerSpec, run_id: str, index: int) -> bool:
+    async with session.get(spec.api_url, params=_lean_params(index), headers=API_HEADERS) as got:
+        body = await got.read()
+        ok = got.status == 200
+    async with session.put(
+        f"{spec.s3_url}/{spec.bucket}/{item_key(run_id, index)}", data=body
+    ) as put:
+        await put.read()
+        return ok and bool(put.status == 200)
+
+
+async def _lean_pool(spec: WorkerSpec, count: int, one: Callable[[Any, int], Any]) -> Outcome:
+    import aiohttp
+
+    outcome = Outcome()
+    indexes = iter(range(count))
+
+    async def worker(session: Any) -> None:
+        for index in indexes:
+            try:
+                if await one(session, index):
+                    outcome.succeeded += 1
+                else:
+                    outcome.fail(f"item {index}: a status other than 200")
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                outcome.fail(f"{type(exc).__name__}: {exc}")
+
+    connector = aiohttp.TCPConnector(limit=spec.concurrency, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(min(spec.concurrency, count))))
+    return outcome
+
+
+def _on_loop(spec: WorkerSpec, make: Callable[[], Any]) -> Outcome:
+    with asyncio.Runner(loop_factory=loop_factory(spec.loop)) as runner:
+        return runner.run(make())  # type: ignore[no-any-return]
+
+
+def _get_only(spec: WorkerSpec) -> Callable[[str, int], Outcome]:
+    def run(run_id: str, count: int) -> Outcome:
+        return _on_loop(
+            spec, lambda: _lean_pool(spec, count, lambda s, i: _get_only_item(s, spec, i))
+        )
+
+    return run
+
+
+def _lean_floor(spec: WorkerSpec) -> Callable[[str, int], Outcome]:
+    def run(run_id: str, count: int) -> Outcome:
+        return _on_loop(
+            spec, lambda: _lean_pool(spec, count, lambda s, i: _lean_item(s, spec, run_id, i))
+        )
+
+    return run
+
+
 # ------------------------------------------------------------- fanout-ingest
 
 
@@ -343,6 +429,7 @@ def _invoke(
 
 
 def _fanout_ingest(spec: WorkerSpec) -> Callable[[str, int], Outcome]:
+    os.environ["FANOUT_EVENT_LOOP"] = spec.loop  # read when handler.app is imported
     handler = _load_handler()
     return lambda run_id, count: _invoke(handler, spec, run_id, count)
 
@@ -367,6 +454,8 @@ IMPLEMENTATIONS: dict[str, Callable[[WorkerSpec], Callable[[str, int], Outcome]]
     "original_threadpool": _original_threadpool,
     "raw_floor": _raw_floor,
     "raw_put": _raw_put,
+    "get_only": _get_only,
+    "lean_floor": _lean_floor,
     "fanout_ingest": _fanout_ingest,
     "fanout_ingest_sdk": _fanout_ingest_sdk,
     "dlt_rest_api": _dlt_rest_api,

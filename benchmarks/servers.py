@@ -540,7 +540,7 @@ class Servers:
 
     api_url: str
     s3_url: str
-    s3_kind: str  # "moto", "sink" or "url"
+    s3_kind: str  # "moto", "sink", "url" or "null" (benchmarks/nullserver.py)
     bucket: str
     api_pid: int | None
     s3_pid: int | None
@@ -674,7 +674,7 @@ def sink_stats(s3_url: str, *, bucket: str | None = None, prefix: str = "") -> d
 
 def count_objects(servers: Servers, prefix: str) -> tuple[int, int]:
     """Number and total size of the objects under ``prefix`` in the benchmark bucket."""
-    if servers.s3_kind == "sink":
+    if servers.s3_kind in ("sink", "null"):  # the null sink (nullserver.py) answers alike
         stats = sink_stats(servers.s3_url, bucket=servers.bucket, prefix=prefix)
         return int(stats["objects"]), int(stats["object_bytes"])
     import boto3
