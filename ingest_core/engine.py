@@ -74,10 +74,11 @@ class _Run:
         shape: RequestShape,
         limits: OriginLimits,
         on_item: ItemCallback | None,
+        on_page: PageCallback | None,
     ) -> None:
         self.job, self.settings, self.clock, self.limits = job, settings, clock, limits
-        self.on_item = on_item
-        self.on_page: PageCallback | None = None
+        self.shape = shape
+        self.on_item, self.on_page = on_item, on_page
         self.tally = Tally(requested=job.requested)
         self.budget = ByteBudget(job.options.memory_budget)
         # Every page of the endpoint shares one limit: redirects stay inside the attempt.
@@ -85,7 +86,6 @@ class _Run:
         self.s3_limit = self.limits.for_origin(S3_ORIGIN)
         self.uploads = UploadTracker(until=self.clock.finish_by)
         self.writer = self.uploads.wrap(writer)
-        self.shape = shape
         # One slot per request in flight, for runs whose items are chains of pages.
         self.slots = asyncio.Semaphore(job.options.concurrency)
         self.keep = page_keep(job.api.pagination)  # what the paginator, or the warnings, read
@@ -226,19 +226,18 @@ async def run_job(
             job.api.auth, http=http, policy=settings.policy, resolve=resolve_secret
         )
         params = await _secret_params(job, secret_params)
+        shape = _shape(job, dict(job.api.headers if headers is None else headers), params, auth)
         run = _Run(
             job,
             http=http,
             writer=writer,
             settings=settings,
             clock=clock or RunClock.for_deadline(deadline, job.options.deadline_margin_s),
-            shape=_shape(
-                job, dict(headers if headers is not None else job.api.headers), params, auth
-            ),
+            shape=shape,
             limits=limits or limits_for(job),
             on_item=on_item,
+            on_page=on_page,
         )
-        run.on_page = on_page
     except BaseException:
         if own_http:
             await http.close()
@@ -378,14 +377,13 @@ async def _fetch_page(
     run: _Run, item: PlannedItem, sink: ItemSink, state: ItemState, number: int, page: PageRequest
 ) -> Page:
     """One page through the attempt loop into the item's sink."""
-    key = state.tried[number] = _key(run, item, number)
+    key = state.tried[number] = _key(run, item, number) if sink.page_objects else ""
     request = run.shape.request(item.params, page.params, page.url)
 
     async def store(response: aiohttp.ClientResponse) -> tuple[PageView, Any]:
         stored = await sink.page(number, key, response)
-        return PageView(
-            number, response.url, response.headers, stored.value, stored.records
-        ), stored
+        view = PageView(number, response.url, response.headers, stored.value, stored.records)
+        return view, stored
 
     done = await run.attempts.page(request, store, f"page {number}")
     view, stored = done.value

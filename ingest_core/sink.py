@@ -45,6 +45,10 @@ Keep = Callable[[Any], Any]
 class ItemSink(Protocol):
     """One item's pages on their way to storage."""
 
+    # Whether each page becomes an object under its own key (else the pages have no
+    # key: they share the item's place in a pack).
+    page_objects: bool
+
     async def page(self, number: int, key: str, response: aiohttp.ClientResponse) -> Stored:
         """Store (or stage) one page's body; an earlier attempt of the page is replaced.
 
@@ -149,6 +153,7 @@ class ObjectSink:
 class _ObjectItem:
     sink: ObjectSink
     item: PlannedItem
+    page_objects: bool = True
 
     async def page(self, number: int, key: str, response: aiohttp.ClientResponse) -> Stored:
         sink = self.sink
@@ -224,6 +229,7 @@ class _PackItem:
     sink: PackSink
     item: PlannedItem
     staged: dict[int, Staged] = dataclasses.field(default_factory=dict)
+    page_objects: bool = False
 
     async def page(self, number: int, key: str, response: aiohttp.ClientResponse) -> Stored:
         packer = self.sink.packer
