@@ -120,8 +120,8 @@ def _print_lines(data: bytes, *, raw: bool, out: IO[str]) -> None:
     Bodies come out as the API sent them (packing/units.py, ``decode_line``): JSON
     with every digit, text, or the exact bytes of a body that was not UTF-8.
     """
-    for line in data.splitlines():
-        _write_bytes((line if raw else decode_line(line)) + b"\n", out)
+    lines = data.splitlines()
+    _write_bytes(b"".join((line if raw else decode_line(line)) + b"\n" for line in lines), out)
 
 
 def _write_bytes(data: bytes, out: IO[str]) -> None:
