@@ -48,6 +48,17 @@ def _null(port: int, log: Path) -> Any:
 
 
 @contextlib.contextmanager
+def lean_api(log_dir: Path) -> Iterator[str]:
+    """The lean static API alone (one null server process); yields its URL."""
+    port = free_port()
+    proc = _null(port, log_dir / "null-api.log")
+    try:
+        yield f"http://{HOST}:{port}/v1/data"
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
 def lean_servers(bench: Bench, name: str, *, packs: bool) -> Iterator[Lean]:
     """A null API and a null sink in two processes; with ``packs``, the aiohttp S3 sink too."""
     logs = bench.log_dir / f"servers-{name}"

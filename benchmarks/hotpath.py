@@ -20,6 +20,8 @@ per-call cost inflates Python code far more than C calls).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import resource
 import sys
@@ -28,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.floors import PACK, lean_api
 from benchmarks.peers import LocalContext, WorkerSpec, fanout_event, worker_env
 from benchmarks.servers import ApiOptions, start_servers
 
@@ -40,10 +43,24 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("MD5 of the body (Content-MD5)", ("writers.py:of_bytes",)),
     ("SigV4 signing", ("ingest_core/sigv4.py", "writers.py:_signed_headers", "hmac.py")),
     ("key rendering + params hash", ("ingest_core/keys.py",)),
-    ("manifest line + tally", ("ingest_core/results.py",)),
+    ("manifest line + tally", ("ingest_core/results.py", "ingest_core/settle.py")),
+    (
+        "packing: staging, pack lines",
+        ("ingest_core/packing/staging.py", "ingest_core/packing/units.py"),
+    ),
+    ("packing: packer task, gzip", ("ingest_core/packing/",)),
     ("Powertools, logging, metrics", ("aws_lambda_powertools", "ingest_core/observability.py")),
     ("transfer (buffering, budget)", ("ingest_core/transfer.py", "ingest_core/limits.py")),
-    ("engine (per-item bookkeeping, timeouts)", ("ingest_core/engine.py",)),
+    (
+        "engine (per-item bookkeeping, attempt loop, chain, sink, timeouts)",
+        (
+            "ingest_core/engine.py",
+            "ingest_core/attempt.py",
+            "ingest_core/chain.py",
+            "ingest_core/sink.py",
+            "ingest_core/clock.py",
+        ),
+    ),
     ("fetcher (GET, redirects, errors)", ("ingest_core/fetcher.py", "ingest_core/netguard.py")),
     ("writer (lean PUT request, S3 retries)", ("ingest_core/writers.py", "ingest_core/s3retry.py")),
     ("aiohttp client (requests, responses, parsing)", ("aiohttp/", "yarl/", "multidict/")),
@@ -198,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--calls", action="store_true", help="also count function calls per item, ours vs floor"
     )
+    parser.add_argument(
+        "--pack",
+        action="store_true",
+        help="the packed path (unit response, gzip 1) on the lean API (benchmarks/nullserver.py), "
+        "against the GET-only floor",
+    )
     args = parser.parse_args(argv)
     print(f"\nPer-item steps in isolation ({args.body_bytes}-byte body, best of 5):\n")
     print("| step | µs |\n| --- | --- |")
@@ -206,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages_only:
         return 0
 
-    with start_servers(api=ApiOptions(body_bytes=args.body_bytes), s3=args.s3) as servers:
+    with (
+        start_servers(
+            api=None if args.pack else ApiOptions(body_bytes=args.body_bytes), s3=args.s3
+        ) as servers,
+        lean_api(servers.log_dir) if args.pack else contextlib.nullcontext(servers.api_url) as api,
+    ):
+        servers = dataclasses.replace(servers, api_url=api)
         os.environ.clear()
         os.environ.update(worker_env(servers.s3_url))
         from handler.app import lambda_handler
@@ -220,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             run_id="hotpath",
             body_bytes=args.body_bytes,
+            options={"pack": PACK} if args.pack else {},
         )
         stamp = time.strftime("%H%M%S")
 
@@ -235,10 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.calls:
             import asyncio
 
-            from benchmarks.peers import _pool, _raw_item
+            from benchmarks.peers import _get_only_item, _lean_pool, _pool, _raw_item
 
             def floor(tag: str, count: int) -> Any:
                 run_id = f"hotpath-{stamp}-floor-{tag}"
+                if args.pack:  # fetching alone: what packing is measured against (P1)
+                    return asyncio.run(
+                        _lean_pool(spec, count, lambda s, i: _get_only_item(s, spec, i))
+                    )
                 return asyncio.run(
                     _pool(spec, count, lambda s, i, o: _raw_item(s, spec, run_id, i, o))
                 )
