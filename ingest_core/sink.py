@@ -257,11 +257,13 @@ class _PackItem:
         return Stored(staged.received, 0, lines.records, multipart=False, value=value)
 
     def finish(self, result: ItemResult) -> None:
-        result = dataclasses.replace(result, page_keys=())  # no page has an object of its own
+        # No page has an object of its own. One replace at most: each costs ~5 µs.
         if result.status is not ItemStatus.WRITTEN:
             for number in list(self.staged):
                 self._drop(number)
-            self.sink.record(result)
+            self.sink.record(
+                dataclasses.replace(result, page_keys=()) if result.page_keys else result
+            )
             return
         merged = self.sink.packer.new_item()
         for number in sorted(self.staged):
