@@ -417,6 +417,7 @@ def _invoke(
             "duration_ms",
             "manifest_key",
             "failures_truncated",
+            "adaptive",
         )
     }
     missing = count - outcome.succeeded

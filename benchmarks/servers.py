@@ -83,6 +83,10 @@ class ApiOptions:
     # Retry-After at once. 0 = no limit. The throttling scenario's rate-limited API.
     rate_limit_per_s: float = 0.0
     retry_after_s: int = 1
+    # Issue 19's healthy API that refuses single requests: by the item's ``i`` param,
+    # per 50 items one 429 + Retry-After: 1 on its first request, two 503 +
+    # Retry-After: 0 once, one 404 and two 500 for good (``sparse_fate``).
+    sparse_refusals: bool = False
 
     def argv(self) -> list[str]:
         """Command-line flags that reproduce these options."""
@@ -100,6 +104,7 @@ class ApiOptions:
             str(self.rate_limit_per_s),
             "--retry-after",
             str(self.retry_after_s),
+            "--sparse-refusals" if self.sparse_refusals else "--no-sparse-refusals",
         ]
 
 
@@ -163,14 +168,51 @@ class _ServerBucket:
         return True
 
 
+SPARSE_PERIOD = 50
+# index % SPARSE_PERIOD -> (status, Retry-After, first request only)
+SPARSE_FATES: dict[int, tuple[int, str | None, bool]] = {
+    0: (429, "1", True),
+    1: (503, "0", True),
+    2: (503, "0", True),
+    3: (404, None, False),
+    4: (500, None, False),
+    5: (500, None, False),
+}
+
+
+def sparse_fate(index: int) -> tuple[int, str | None, bool] | None:
+    """Item ``index``'s refusal under ``sparse_refusals``: (status, Retry-After, first
+    request only), or None for an item answered 200 every time."""
+    return SPARSE_FATES.get(index % SPARSE_PERIOD)
+
+
+def _sparse_refusal(request: web.Request, seen: set[int]) -> web.Response | None:
+    index = int(request.query.get("i", "-1"))
+    fate = sparse_fate(index)
+    if fate is None:
+        return None
+    status, retry_after, once = fate
+    if once and index in seen:
+        return None
+    seen.add(index)
+    headers = {"Retry-After": retry_after} if retry_after is not None else None
+    return web.json_response({"error": "refused"}, status=status, headers=headers)
+
+
 def make_api_app(options: ApiOptions) -> web.Application:
     """The fake API as an aiohttp application (also usable in-process)."""
     rng = random.Random(options.seed)
-    stats = {"requests": 0, "errors": 0, "bytes": 0, "throttled": 0}
+    stats = {"requests": 0, "errors": 0, "bytes": 0, "throttled": 0, "refused": 0}
     bucket = _ServerBucket(options.rate_limit_per_s)
+    refused: set[int] = set()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         stats["requests"] += 1
+        refusal = _sparse_refusal(request, refused) if options.sparse_refusals else None
+        if refusal is not None:
+            stats["refused"] += 1
+            stats["throttled"] += refusal.status in (429, 503)
+            return refusal
         if not bucket.take():
             stats["throttled"] += 1
             return web.json_response(
@@ -259,6 +301,7 @@ class SinkState:
                 "head",
                 "bytes_received",
                 "errors",
+                "slowdown",
             ),
             0,
         )
@@ -345,9 +388,14 @@ async def _aws_chunks(stream: Any) -> AsyncIterator[bytes]:
         await stream.readexactly(2)
 
 
-def make_sink_app() -> web.Application:
-    """The S3 sink as an aiohttp application (also usable in-process)."""
+def make_sink_app(slowdown_share: float = 0.0, seed: int = 0) -> web.Application:
+    """The S3 sink as an aiohttp application (also usable in-process).
+
+    ``slowdown_share``: that share of PutObject calls, at random, is answered 503
+    SlowDown (issue 19: S3 throttling half the writes).
+    """
     state = SinkState()
+    rng = random.Random(seed)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         bucket, _, key = request.path.lstrip("/").partition("/")
@@ -357,6 +405,10 @@ def make_sink_app() -> web.Application:
         try:
             if not key:
                 return await _bucket_call(request, state, bucket)
+            if _put_object_call(request) and slowdown_share and rng.random() < slowdown_share:
+                await _drain_body(request)
+                state.counters["slowdown"] += 1
+                return _s3_error(503, "SlowDown", "Please reduce your request rate.", state)
             return await _object_call(request, state, bucket, key)
         except (ValueError, ElementTree.ParseError) as exc:
             return _s3_error(400, "InvalidRequest", str(exc), state)
@@ -367,6 +419,10 @@ def make_sink_app() -> web.Application:
     app["state"] = state
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
+
+
+def _put_object_call(request: web.Request) -> bool:
+    return request.method == "PUT" and "uploadId" not in request.query
 
 
 async def _bucket_call(request: web.Request, state: SinkState, bucket: str) -> web.Response:
@@ -602,10 +658,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(STOP_TIMEOUT_S)
 
 
-def _server_argv(kind: str, port: int, api: ApiOptions | None = None) -> list[str]:
+def _server_argv(
+    kind: str, port: int, api: ApiOptions | None = None, slowdown_share: float = 0.0
+) -> list[str]:
     if kind == "moto":
         return [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)]
     extra = api.argv() if api is not None else []
+    if kind == "sink" and slowdown_share:
+        extra = ["--slowdown-share", str(slowdown_share)]
     return [sys.executable, "-m", "benchmarks.servers", kind, "--port", str(port), *extra]
 
 
@@ -631,6 +691,7 @@ def start_servers(
     s3: str = "moto",
     bucket: str = "bench-raw",
     log_dir: Path | None = None,
+    slowdown_share: float = 0.0,
 ) -> Iterator[Servers]:
     """Start the fake API and an S3 server as subprocesses; stop them on exit.
 
@@ -639,6 +700,7 @@ def start_servers(
         s3: ``moto``, ``sink``, or the URL of an S3-compatible server already running.
         bucket: created on the S3 server before yielding.
         log_dir: where server output goes; a temporary directory by default.
+        slowdown_share: with ``s3="sink"``, that share of PutObjects is answered SlowDown.
     """
     procs: list[subprocess.Popen[bytes]] = []
     logs = log_dir or Path(tempfile.mkdtemp(prefix="bench-servers-"))
@@ -651,7 +713,8 @@ def start_servers(
             api_url, api_pid = f"http://{HOST}:{port}/v1/data", procs[-1].pid
         if s3 in ("moto", "sink"):
             port = free_port()
-            procs.append(_launch(_server_argv(s3, port), port, logs / f"{s3}.log"))
+            argv = _server_argv(s3, port, slowdown_share=slowdown_share)
+            procs.append(_launch(argv, port, logs / f"{s3}.log"))
             s3_url, s3_pid, kind = f"http://{HOST}:{port}", procs[-1].pid, s3
         else:
             s3_url, s3_pid, kind = s3.rstrip("/"), None, "url"
@@ -731,6 +794,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             cmd.add_argument("--seed", type=int, default=0)
             cmd.add_argument("--rate-limit", type=float, default=0.0, help="requests/s; 0 = off")
             cmd.add_argument("--retry-after", type=int, default=1, help="seconds, on a 429")
+            cmd.add_argument(
+                "--sparse-refusals",
+                action=argparse.BooleanOptionalAction,
+                default=False,
+                help="refuse single requests by the item's i param (issue 19)",
+            )
+        if name == "sink":
+            cmd.add_argument(
+                "--slowdown-share", type=float, default=0.0, help="PutObjects answered SlowDown"
+            )
         if name == "up":
             cmd.add_argument("--s3", default="moto", help="moto, sink or an S3 URL")
             cmd.add_argument("--bucket", default="bench-raw")
@@ -744,7 +817,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "sink":
         # A gzip object (Content-Encoding: gzip) must be read as sent: its Content-MD5
         # is of the compressed bytes.
-        _serve(make_sink_app(), port, "sink", auto_decompress=False)
+        _serve(make_sink_app(args.slowdown_share), port, "sink", auto_decompress=False)
         return
     options = ApiOptions(
         args.latency_ms,
@@ -754,6 +827,7 @@ def main(argv: list[str] | None = None) -> None:
         args.seed,
         rate_limit_per_s=args.rate_limit,
         retry_after_s=args.retry_after,
+        sparse_refusals=args.sparse_refusals,
     )
     if args.command == "api":
         _serve(make_api_app(options), port, "api")

@@ -1,13 +1,21 @@
-"""Issue 11: a rate-limited API is respected: few 429s, wall time near the ideal.
+"""Issues 11 and 19: throttling that is polite (few 429s) but not timid (no time lost).
 
-The API allows 40 requests a second (a server-side token bucket holding one
-second's worth, 40 tokens), answers admitted requests after 100 ms and answers
-429 with ``Retry-After: 1`` beyond the limit. 400 items at concurrency 64, so the
-ideal wall time is 400 / 40 = 10 s. fanout-ingest runs with its defaults
-(``adaptive: true``) and, beside it in the same repeat, with ``adaptive: false``:
-a fixed-concurrency client that retries each 429 after its own Retry-After.
-Targets for ours: every item succeeds; 429s received at most 20% of the items;
-wall time at most 1.5x the ideal.
+Three servers, each run with ``adaptive: true`` (the default) and, beside it in
+the same repeat, ``adaptive: false`` (fixed concurrency; every item still waits
+for its own Retry-After):
+
+- **rate limit** (issue 11): the API allows 40 requests a second (a server-side
+  token bucket holding 40), answers admitted requests after 100 ms and 429 +
+  ``Retry-After: 1`` beyond. 400 items at concurrency 64: ideal 10 s. Targets:
+  every item, 429s at most 15% of the API's requests, wall at most 1.3x ideal.
+- **sparse refusals** (issue 19): an API with no rate limit refusing single
+  requests: per 50 items one 429 + ``Retry-After: 1`` on its first request, two
+  503 + ``Retry-After: 0`` once, one 404 and two 500 for good. 3,000 items at
+  concurrency 128. Targets: adaptive within 1.2x of adaptive off, every good item
+  written, the counts exact.
+- **S3 SlowDown** (issue 19): the S3 sink answers SlowDown to half of all
+  PutObjects, at random. 150 items at concurrency 64. Target: all written, within
+  1.5x of the same run with adaptive off.
 """
 
 from __future__ import annotations
@@ -16,76 +24,314 @@ import collections
 import json
 import statistics
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks.measure import SMALL_BODY_BYTES, Bench, status_cell
+from benchmarks.peers import key_prefix
 from benchmarks.report import Section, Table, Verdict
-from benchmarks.servers import ApiOptions, Servers, start_servers
+from benchmarks.servers import (
+    SPARSE_PERIOD,
+    ApiOptions,
+    Servers,
+    count_objects,
+    sparse_fate,
+    start_servers,
+)
 
-ITEMS_FULL, ITEMS_QUICK = 400, 200
-CONCURRENCY = 64
-RATE_PER_S = 40
-LATENCY_MS = 100
-RETRY_AFTER_S = 1
-MAX_429_SHARE = 0.20
-MAX_VS_IDEAL = 1.5
 PEERS = {"fanout_ingest": {}, "fanout_ingest adaptive:false": {"adaptive": False}}
+OURS, OFF = "fanout_ingest", "fanout_ingest adaptive:false"
+
+RATE_ITEMS, RATE_ITEMS_QUICK = 400, 200
+RATE_CONCURRENCY = 64
+RATE_PER_S = 40
+RATE_LATENCY_MS = 100
+RETRY_AFTER_S = 1
+MAX_429_SHARE = 0.15  # of the API's requests
+MAX_VS_IDEAL = 1.3
+
+SPARSE_ITEMS, SPARSE_ITEMS_QUICK = 3000, 600
+SPARSE_CONCURRENCY = 128
+SPARSE_LATENCY_MS = 50
+MAX_SPARSE_RATIO = 1.2
+
+SLOWDOWN_ITEMS, SLOWDOWN_ITEMS_QUICK = 150, 150
+SLOWDOWN_CONCURRENCY = 64
+SLOWDOWN_SHARE = 0.5
+MAX_SLOWDOWN_RATIO = 1.5
+
+Records = dict[str, list[dict[str, Any]]]
+COMMON = ["implementation", "runs", "succeeded", "API requests"]
+RATE_HEADERS = [*COMMON, "429s", "429s ÷ requests", "wall s", "÷ ideal"]
+SPARSE_HEADERS = [*COMMON, "refusals", "throttled", "API limit lowest / pace lowest"]
+SPARSE_HEADERS += ["wall s", "÷ adaptive off"]
+SLOWDOWN_HEADERS = [*COMMON, "SlowDowns", "throttled", "S3 limit lowest / pace lowest"]
+SLOWDOWN_HEADERS += ["wall s", "÷ adaptive off"]
 
 
 def run(bench: Bench) -> Section:
-    """Ours and ours with ``adaptive: false``, back to back, ``bench.repeats`` times."""
-    items = bench.size(full=ITEMS_FULL, quick=ITEMS_QUICK)
+    """The three servers in turn, ours and ours with ``adaptive: false`` back to back."""
+    section = Section(
+        "throttling",
+        "Throttling: a real rate limit, sparse refusals, S3 SlowDown (issues 11, 19)",
+        f"Each part runs fanout-ingest with its defaults and with adaptive: false, back to "
+        f"back, {bench.repeats} repeat(s), medians; no warm-up (it would spend the rate-"
+        "limited API's tokens). Requests and refusals are counted by the servers.",
+    )
+    for part in (_rate_limit, _sparse, _slowdown):
+        part(bench, section)
+    return section
+
+
+# ------------------------------------------------------------------ rate limit
+
+
+def _rate_limit(bench: Bench, section: Section) -> None:
+    items = bench.size(full=RATE_ITEMS, quick=RATE_ITEMS_QUICK)
     ideal_s = items / RATE_PER_S
-    records: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     api = ApiOptions(
-        latency_ms=LATENCY_MS,
+        latency_ms=RATE_LATENCY_MS,
         body_bytes=SMALL_BODY_BYTES,
         rate_limit_per_s=RATE_PER_S,
         retry_after_s=RETRY_AFTER_S,
     )
-    with start_servers(api=api, s3=bench.s3(), log_dir=bench.log_dir / "servers-throttling") as s:
+    records = _runs(bench, api, "rate", items, RATE_CONCURRENCY)
+    rows = [
+        [*_common_cells(name, runs), _median(runs, "api_429s"), _share_429(runs), _wall(runs)]
+        for name, runs in records.items()
+    ]
+    rows = [[*row, _ratio(row[-1], ideal_s)] for row in rows]
+    section.tables.append(
+        Table(
+            f"Rate limit: {items} items at c={RATE_CONCURRENCY} against {RATE_PER_S} requests/s "
+            f"(burst {RATE_PER_S}, {RATE_LATENCY_MS} ms); ideal {ideal_s:.1f} s",
+            RATE_HEADERS,
+            rows,
+        )
+    )
+    ours = records.get(OURS, [])
+    share, wall = _share_429(ours), _wall(ours)
+    section.verdicts += [
+        _every_item(ours, items, "issue 11", "rate limit: every item succeeds"),
+        _verdict(
+            "issue 19",
+            f"rate limit: 429s <= {MAX_429_SHARE:.0%} of requests",
+            share,
+            lambda v: f"{v:.1%} ({_median(ours, 'api_429s'):.0f} 429s)",
+            lambda v: v <= MAX_429_SHARE,
+        ),
+        _verdict(
+            "issue 19",
+            f"rate limit: wall <= {MAX_VS_IDEAL}x ideal ({ideal_s * MAX_VS_IDEAL:.1f} s)",
+            wall,
+            lambda v: f"{v:.2f} s = {v / ideal_s:.2f}x",
+            lambda v: v <= MAX_VS_IDEAL * ideal_s,
+        ),
+    ]
+    section.raw["rate_limit"] = {"runs": records, "ideal_s": ideal_s}
+
+
+def _share_429(runs: list[dict[str, Any]]) -> float | None:
+    shares = [r["api_429s"] / r["api_requests"] for r in runs if r.get("api_requests")]
+    return statistics.median(shares) if shares else None
+
+
+# ------------------------------------------------------------------ sparse refusals
+
+
+def _sparse(bench: Bench, section: Section) -> None:
+    items = bench.size(full=SPARSE_ITEMS, quick=SPARSE_ITEMS_QUICK)
+    fates = [sparse_fate(i) for i in range(items)]
+    good = sum(1 for fate in fates if fate is None or fate[2])
+    refused = sum(1 for fate in fates if fate is not None and fate[0] in (429, 503))
+    api = ApiOptions(
+        latency_ms=SPARSE_LATENCY_MS, body_bytes=SMALL_BODY_BYTES, sparse_refusals=True
+    )
+
+    expected = (good, items - good, refused)
+    records = _runs(bench, api, "sparse", items, SPARSE_CONCURRENCY, expected=expected)
+    rows = [
+        [*_common_cells(name, runs), _median(runs, "api_refused"), *_tail(runs, records, "api")]
+        for name, runs in records.items()
+    ]
+    section.tables.append(
+        Table(
+            f"Sparse refusals: {items} items at c={SPARSE_CONCURRENCY}, no rate limit; per "
+            f"{SPARSE_PERIOD} items one 429 (Retry-After: 1) and two 503 (Retry-After: 0) "
+            f"once, three hard failures; {good} good items",
+            SPARSE_HEADERS,
+            rows,
+        )
+    )
+    ours = records.get(OURS, [])
+    section.verdicts += [
+        Verdict(
+            "issue 19",
+            f"sparse: every good item written, counts exact ({good} / {items - good} / "
+            f"{refused} throttled)",
+            "; ".join(f"{_counts(r)}, {r.get('objects')} objects" for r in ours) or "no run",
+            "PASS" if ours and _status(ours) == "ok" else "FAIL",
+        ),
+        _verdict(
+            "issue 19",
+            f"sparse: adaptive within {MAX_SPARSE_RATIO}x of adaptive off",
+            _ratio(_wall(ours), _wall(records.get(OFF, []))),
+            lambda v: f"{v:.2f}x ({_wall(ours):.1f} s vs {_wall(records.get(OFF, [])):.1f} s)",
+            lambda v: v <= MAX_SPARSE_RATIO,
+        ),
+    ]
+    section.raw["sparse"] = {"runs": records, "good": good, "refused": refused}
+
+
+def _counts(record: dict[str, Any]) -> tuple[int, int, int]:
+    detail = record.get("detail") or {}
+    return (detail.get("succeeded") or 0, detail.get("failed") or 0, detail.get("throttled") or 0)
+
+
+def _judge_expected(
+    servers: Servers, record: dict[str, Any], expected: tuple[int, int, int]
+) -> None:
+    """A run whose items fail by design: ``ok`` when the counts (succeeded, failed,
+    throttled) are exactly ``expected`` and exactly the good items' objects exist."""
+    objects, _ = count_objects(servers, key_prefix(record["run_id"]))
+    record["objects"] = objects
+    problem = None
+    if _counts(record) != expected:
+        problem = f"counts {_counts(record)}, expected {expected}"
+    elif objects != expected[0]:
+        problem = f"{objects} objects, {expected[0]} expected"
+    record["status"] = "ok" if problem is None else "failed"
+    record["errors"] = [problem] if problem else []
+
+
+# ------------------------------------------------------------------ S3 SlowDown
+
+
+def _slowdown(bench: Bench, section: Section) -> None:
+    items = bench.size(full=SLOWDOWN_ITEMS, quick=SLOWDOWN_ITEMS_QUICK)
+    api = ApiOptions(body_bytes=SMALL_BODY_BYTES)
+    records = _runs(
+        bench, api, "slowdown", items, SLOWDOWN_CONCURRENCY, slowdown_share=SLOWDOWN_SHARE
+    )
+    rows = [
+        [*_common_cells(name, runs), _median(runs, "s3_slowdowns"), *_tail(runs, records, "s3")]
+        for name, runs in records.items()
+    ]
+    section.tables.append(
+        Table(
+            f"S3 SlowDown: {items} items at c={SLOWDOWN_CONCURRENCY}, the S3 sink answering "
+            f"SlowDown to {SLOWDOWN_SHARE:.0%} of PutObjects",
+            SLOWDOWN_HEADERS,
+            rows,
+        )
+    )
+    ours = records.get(OURS, [])
+    section.verdicts += [
+        _every_item(ours, items, "issue 19", "S3 SlowDown: every item written"),
+        _verdict(
+            "issue 19",
+            f"S3 SlowDown: adaptive within {MAX_SLOWDOWN_RATIO}x of adaptive off",
+            _ratio(_wall(ours), _wall(records.get(OFF, []))),
+            lambda v: f"{v:.2f}x ({_wall(ours):.1f} s vs {_wall(records.get(OFF, [])):.1f} s)",
+            lambda v: v <= MAX_SLOWDOWN_RATIO,
+        ),
+    ]
+    section.raw["s3_slowdown"] = {"runs": records}
+
+
+# ------------------------------------------------------------------ shared
+
+
+def _runs(
+    bench: Bench,
+    api: ApiOptions,
+    label: str,
+    items: int,
+    concurrency: int,
+    *,
+    expected: tuple[int, int, int] | None = None,
+    slowdown_share: float = 0.0,
+) -> Records:
+    records: Records = collections.defaultdict(list)
+    s3 = bench.s3(moto_ok=not slowdown_share)  # SlowDown is the sink's
+    logs = bench.log_dir / f"servers-throttling-{label}"
+    with start_servers(api=api, s3=s3, log_dir=logs, slowdown_share=slowdown_share) as servers:
         for _ in range(bench.repeats):
             for name, options in PEERS.items():
-                records[name].append(_measured(bench, s, items, options))
-    section = Section(
-        "throttling",
-        "A rate-limited API (issue 11)",
-        f"{items} items of 9,000 bytes at concurrency {CONCURRENCY} against an API allowing "
-        f"{RATE_PER_S} requests/s (server-side token bucket of {RATE_PER_S}), answering "
-        f"admitted requests after {LATENCY_MS} ms and 429 with Retry-After: {RETRY_AFTER_S} "
-        f"beyond; ideal wall time {ideal_s:.1f} s. No warm-up (it would spend the API's "
-        f"tokens); each worker starts with the API's bucket full. {bench.repeats} repeat(s), "
-        "medians; 429s counted by the API server.",
-    )
-    section.tables.append(_table(records, items, ideal_s))
-    section.verdicts += _verdicts(records.get("fanout_ingest", []), items, ideal_s)
-    section.raw = {"runs": records, "ideal_s": ideal_s}
-    return section
+                record = _measured(bench, servers, items, concurrency, options)
+                if expected is not None:
+                    _judge_expected(servers, record, expected)
+                records[name].append(record)
+    return records
 
 
 def _measured(
-    bench: Bench, servers: Servers, items: int, options: dict[str, Any]
+    bench: Bench,
+    servers: Servers,
+    items: int,
+    concurrency: int,
+    options: dict[str, Any],
 ) -> dict[str, Any]:
-    before = _api_stats(servers)
+    before, s3_before = _stats(servers.api_url), _sink_slowdowns(servers)
     record = bench.run(
         servers,
         "fanout_ingest",
         items=items,
-        concurrency=CONCURRENCY,
+        concurrency=concurrency,
         body_bytes=SMALL_BODY_BYTES,
         options=options,
         warmup=0,
     )
-    after = _api_stats(servers)
+    after = _stats(servers.api_url)
     record["api_429s"] = after["throttled"] - before["throttled"]
+    record["api_refused"] = after.get("refused", 0) - before.get("refused", 0)
     record["api_requests"] = after["requests"] - before["requests"]
+    record["s3_slowdowns"] = _sink_slowdowns(servers) - s3_before
     return record
 
 
-def _api_stats(servers: Servers) -> dict[str, int]:
-    url = servers.api_url.rsplit("/v1/", 1)[0] + "/_stats"
+def _stats(api_url: str) -> dict[str, int]:
+    url = api_url.rsplit("/v1/", 1)[0] + "/_stats"
     with urllib.request.urlopen(url, timeout=30) as response:
         return dict(json.load(response))
+
+
+def _sink_slowdowns(servers: Servers) -> int:
+    if servers.s3_kind != "sink":
+        return 0
+    with urllib.request.urlopen(f"{servers.s3_url}/_stats", timeout=30) as response:
+        return int(json.load(response).get("slowdown", 0))
+
+
+def _common_cells(name: str, runs: list[dict[str, Any]]) -> list[Any]:
+    first_error = next((e for r in runs for e in r.get("errors", [])), None)
+    summary = {"status": _status(runs), "runs": len(runs), "ok_runs": _ok(runs)}
+    return [
+        name,
+        status_cell({**summary, "error": first_error}),
+        statistics.median(_counts(r)[0] for r in runs) if runs else None,
+        _median(runs, "api_requests"),
+    ]
+
+
+def _tail(runs: list[dict[str, Any]], records: Records, side: str) -> list[Any]:
+    """Throttled, the lowest limit and pace, wall, and wall ÷ the adaptive-off run's."""
+    wall = _wall(runs)
+    return [_throttled(runs), _lowest(runs, side), wall, _ratio(wall, _wall(records.get(OFF, [])))]
+
+
+def _throttled(runs: list[dict[str, Any]]) -> float | None:
+    values = [_counts(r)[2] for r in runs]
+    return statistics.median(values) if values else None
+
+
+def _lowest(runs: list[dict[str, Any]], side: str = "api") -> str:
+    """``64 / -`` from the last run's result: the limit's lowest point and the pace's."""
+    adaptive = ((runs[-1].get("detail") or {}).get("adaptive") or {}) if runs else {}
+    if not adaptive.get("enabled"):
+        return "off"
+    pace = adaptive.get(f"{side}_pace_lowest_per_s")
+    return f"{adaptive.get(f'{side}_lowest')} / {'-' if pace is None else f'{pace:g}/s'}"
 
 
 def _median(records: list[dict[str, Any]], field: str) -> float | None:
@@ -93,48 +339,12 @@ def _median(records: list[dict[str, Any]], field: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _succeeded(record: dict[str, Any]) -> int:
-    return int(record.get("succeeded") or 0)
+def _wall(runs: list[dict[str, Any]]) -> float | None:
+    return _median(runs, "wall_s")
 
 
-def _table(records: dict[str, list[dict[str, Any]]], items: int, ideal_s: float) -> Table:
-    rows = []
-    for name, runs in records.items():
-        wall = _median(runs, "wall_s")
-        throttled = _median(runs, "api_429s")
-        rows.append(
-            [
-                name,
-                status_cell(
-                    {
-                        "status": _status(runs),
-                        "runs": len(runs),
-                        "ok_runs": _ok(runs),
-                        "error": next((e for r in runs for e in r.get("errors", [])), None),
-                    }
-                ),
-                statistics.median(_succeeded(r) for r in runs),
-                throttled,
-                throttled / items if throttled is not None else None,
-                _median(runs, "api_requests"),
-                wall,
-                wall / ideal_s if wall is not None else None,
-            ]
-        )
-    return Table(
-        f"{items} items against {RATE_PER_S} requests/s (medians)",
-        [
-            "implementation",
-            "runs",
-            "succeeded",
-            "429s received",
-            "429s ÷ items",
-            "API requests",
-            "wall s",
-            "÷ ideal",
-        ],
-        rows,
-    )
+def _ratio(value: float | None, base: float | None) -> float | None:
+    return None if value is None or not base else value / base
 
 
 def _ok(runs: list[dict[str, Any]]) -> int:
@@ -145,35 +355,23 @@ def _status(runs: list[dict[str, Any]]) -> str:
     return "ok" if runs and _ok(runs) == len(runs) else "failed"
 
 
-def _verdicts(runs: list[dict[str, Any]], items: int, ideal_s: float) -> list[Verdict]:
-    claims = (
-        "every item succeeds (adaptive, defaults)",
-        f"429s received <= {MAX_429_SHARE:.0%} of items ({int(items * MAX_429_SHARE)})",
-        f"wall <= {MAX_VS_IDEAL}x ideal ({ideal_s * MAX_VS_IDEAL:.1f} s)",
-    )
+def _every_item(runs: list[dict[str, Any]], items: int, target: str, claim: str) -> Verdict:
     if not runs:
-        return [Verdict("issue 11", claim, "not run", "N/A") for claim in claims]
-    worst_succeeded = min(_succeeded(r) for r in runs)
-    throttled = _median(runs, "api_429s") or 0
-    wall = _median(runs, "wall_s")
-    wall_ok = wall is not None and wall <= MAX_VS_IDEAL * ideal_s
-    return [
-        Verdict(
-            "issue 11",
-            claims[0],
-            f"{worst_succeeded}/{items} in the worst of {len(runs)} run(s)",
-            "PASS" if worst_succeeded == items and _status(runs) == "ok" else "FAIL",
-        ),
-        Verdict(
-            "issue 11",
-            claims[1],
-            f"{throttled:.0f} ({throttled / items:.1%}), median of {len(runs)}",
-            "PASS" if throttled <= MAX_429_SHARE * items else "FAIL",
-        ),
-        Verdict(
-            "issue 11",
-            claims[2],
-            f"{wall:.2f} s = {wall / ideal_s:.2f}x" if wall is not None else "no run",
-            "PASS" if wall_ok else "FAIL",
-        ),
-    ]
+        return Verdict(target, claim, "not run", "N/A")
+    worst = min(_counts(r)[0] for r in runs)
+    passed = worst == items and _status(runs) == "ok"
+    return Verdict(
+        target, claim, f"{worst}/{items} in the worst of {len(runs)}", "PASS" if passed else "FAIL"
+    )
+
+
+def _verdict(
+    target: str,
+    claim: str,
+    value: float | None,
+    shown: Callable[[float], str],
+    passes: Callable[[float], bool],
+) -> Verdict:
+    if value is None:
+        return Verdict(target, claim, "not run", "N/A")
+    return Verdict(target, claim, shown(value), "PASS" if passes(value) else "FAIL")

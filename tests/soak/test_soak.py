@@ -191,12 +191,9 @@ async def test_soak_20000_items_with_faults_loses_nothing_and_stays_flat(
                 "source_id": SOURCE,
             },
             "batch": [{"n": n} for n in range(ITEMS)],
-            # adaptive off: these faults are per item, not a rate limit, and with the
-            # adaptive limit (CONTRACT §14) each scripted 429 + Retry-After: 1 (200 of
-            # them) would pause the whole origin for a second: the soak would measure
-            # 200 s of pauses, not loss and memory. tests/functional/test_throttling.py
-            # covers the adaptive limit.
-            "options": {"concurrency": CONCURRENCY, "max_attempts": 3, "adaptive": False},
+            # adaptive on (the default): these 429s and 503s are per item, not a rate
+            # limit, and must neither shrink the limit nor pause the origin (CONTRACT §14)
+            "options": {"concurrency": CONCURRENCY, "max_attempts": 3},
             "request_id": REQUEST_ID,
         }
         job = parse_event(event)
@@ -232,6 +229,11 @@ async def test_soak_20000_items_with_faults_loses_nothing_and_stays_flat(
         assert index % 100 in PERMANENT, failure
         assert (failure["kind"], failure["status"], failure["attempts"]) == PERMANENT[index % 100]
     assert len(failures) - len(s3_failed) == ITEMS * len(PERMANENT) // 100
+    # AND the per-item 429s and 503s were answered per item: the API's limit never
+    # moved and no pace was learned (each would have cost the run its speed)
+    adaptive = result["adaptive"]
+    assert adaptive["enabled"] and adaptive["api_lowest"] == CONCURRENCY, adaptive
+    assert adaptive["api_pace_lowest_per_s"] is None, adaptive
     # AND every succeeded object holds exactly the served bytes; failed keys hold nothing
     stored = etags(s3_client)
     expected = {
@@ -264,6 +266,8 @@ async def test_soak_20000_items_with_faults_loses_nothing_and_stays_flat(
                 "succeeded": result["succeeded"],
                 "failed": result["failed"],
                 "retries": result["retries"],
+                "throttled": result["throttled"],
+                "adaptive": result["adaptive"],
                 "api_requests": sum(api.hits),
                 "s3_faults_fired": s3_faults,
                 "s3_error_items": len(s3_failed),
