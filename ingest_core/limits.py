@@ -382,10 +382,14 @@ class AdaptiveLimit:
         window = retry_after_s if retry_after_s else PACE_WINDOW_S
         self._round = _Round(window, share_at_decrease=self.evidence.share())
 
-    def _admitted_per_s(self) -> float:
-        """Requests started in the window before the decrease, minus those refused, per s."""
+    def _admitted_per_s(self) -> float | None:
+        """Requests started in the window before the decrease, minus those refused, per
+        s; None when fewer than ``MIN_EVIDENCE`` started: then our demand, not the
+        origin, set the rate (the last few items of a run, most of them sleeping)."""
         since, until = self._decreased_at - self._round.window_s, self._decreased_at
         started = sum(1 for t in self._starts if since < t <= until)
+        if started < MIN_EVIDENCE:
+            return None
         refused = sum(1 for t in self._refused if since < t <= until)
         return max(0, started - refused) / self._round.window_s
 
@@ -395,8 +399,11 @@ class AdaptiveLimit:
         assert self._evidence_since is not None
         if now - self._evidence_since < self.pace_after_s:
             return
+        admitted = self._admitted_per_s()
+        if admitted is None:
+            return  # too few requests in the window to say what the origin admits
         # Every throttle of the round refines what the window admitted.
-        self._cubic = CubicPace(max(MIN_PACE_PER_S, self._admitted_per_s()), self._decreased_at)
+        self._cubic = CubicPace(max(MIN_PACE_PER_S, admitted), self._decreased_at)
         pace = self._cubic.at(now)
         self.lowest_pace = pace if self.lowest_pace is None else min(self.lowest_pace, pace)
         # Start evenly from the end of the pause, not with a burst.
@@ -467,8 +474,9 @@ class Slot:
 S3_ORIGIN = "s3"  # S3 writes share one limit, whatever the bucket's endpoint
 # S3 answers SlowDown per prefix and per partition, often to a share of writes
 # whatever their rate: a pace is learned only when SlowDown held for this long
-# (CONTRACT §14), and dropped like any other when it does not lower the share.
-S3_PACE_AFTER_S = 30.0
+# (CONTRACT §14), and dropped like any other when it does not lower the share. A
+# run shorter than this never paces its writes; one throttled from end to end does.
+S3_PACE_AFTER_S = 60.0
 
 
 def _figures(side: str, limit: AdaptiveLimit, *, lowest: int) -> dict[str, Any]:

@@ -235,6 +235,22 @@ async def test_s3_learns_no_pace_unless_slowdown_is_sustained() -> None:
     assert s3.lowest_pace is not None and s3.pace is None
 
 
+async def test_no_pace_is_learned_from_a_window_too_thin_to_measure() -> None:
+    # GIVEN an origin over its limit, but only 6 requests started in the window its
+    # Retry-After names (the run's last items: demand set that rate, not the origin)
+    clock = FakeClock()
+    limit = limit_on(clock)
+    starts = [await limit.acquire() for _ in range(6)]
+    clock.now += 5
+    starts += [await limit.acquire() for _ in range(6)]
+    # WHEN all twelve are refused
+    for started in starts:
+        limit.release(started, Outcome.THROTTLED, retry_after_s=1)
+    # THEN concurrency went down, but no pace was made up from six requests
+    assert limit.lowest < 64
+    assert limit.lowest_pace is None
+
+
 def test_the_s3_origin_waits_for_sustained_slowdown_before_pacing() -> None:
     limits = OriginLimits(8, max_pause_s=5)
     assert limits.for_origin(S3_ORIGIN).pace_after_s == S3_PACE_AFTER_S
