@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -236,8 +237,13 @@ def make_api_app(options: ApiOptions) -> web.Application:
     async def stats_handler(_: web.Request) -> web.Response:
         return web.json_response(stats)
 
+    async def reset_handler(_: web.Request) -> web.Response:
+        refused.clear()  # the next run's items meet their first-request refusals again
+        return web.json_response(stats)
+
     app = web.Application()
     app.router.add_get("/_stats", stats_handler)
+    app.router.add_post("/_reset", reset_handler)
     app.router.add_get("/{tail:.*}", handle)
     return app
 
@@ -388,14 +394,36 @@ async def _aws_chunks(stream: Any) -> AsyncIterator[bytes]:
         await stream.readexactly(2)
 
 
+MAX_SLOWDOWN_STREAK = 6  # so no item meets s3_max_attempts (10) by bad luck
+
+
+def slowdown_streak(key: str, share: float, seed: int = 0) -> int:
+    """How many first PutObjects of ``key`` are answered SlowDown: at least k with
+    probability ``share ** k`` (a fair coin per attempt for 0.5), drawn from the item's
+    index at the end of the key, so that every run of a scenario meets the same
+    refusals; about ``share`` of all writes in all."""
+    item = key.rsplit("-", 1)[-1]  # "-17.json": the same item meets the same in every run
+    digest = hashlib.blake2b(f"{seed}|{item}".encode(), digest_size=8).digest()
+    draw = (int.from_bytes(digest, "big") + 0.5) / 2**64
+    streak = 0
+    while streak < MAX_SLOWDOWN_STREAK and draw < share ** (streak + 1):
+        streak += 1
+    return streak
+
+
 def make_sink_app(slowdown_share: float = 0.0, seed: int = 0) -> web.Application:
     """The S3 sink as an aiohttp application (also usable in-process).
 
-    ``slowdown_share``: that share of PutObject calls, at random, is answered 503
-    SlowDown (issue 19: S3 throttling half the writes).
+    ``slowdown_share``: about that share of PutObject calls is answered 503 SlowDown,
+    each key's first ``slowdown_streak`` of them (issue 19: S3 throttling half the
+    writes).
     """
     state = SinkState()
-    rng = random.Random(seed)
+    puts: collections.Counter[str] = collections.Counter()
+
+    def slowed(key: str) -> bool:
+        earlier, puts[key] = puts[key], puts[key] + 1
+        return earlier < slowdown_streak(key, slowdown_share, seed)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         bucket, _, key = request.path.lstrip("/").partition("/")
@@ -405,7 +433,7 @@ def make_sink_app(slowdown_share: float = 0.0, seed: int = 0) -> web.Application
         try:
             if not key:
                 return await _bucket_call(request, state, bucket)
-            if _put_object_call(request) and slowdown_share and rng.random() < slowdown_share:
+            if slowdown_share and _put_object_call(request) and slowed(key):
                 await _drain_body(request)
                 state.counters["slowdown"] += 1
                 return _s3_error(503, "SlowDown", "Please reduce your request rate.", state)

@@ -17,8 +17,8 @@ import threading
 import time
 import weakref
 import zlib
-from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from types import TracebackType
@@ -503,6 +503,8 @@ class S3FaultProxy:
         self._lock = threading.Lock()
         self._faults: dict[str, deque[_Injection]] = {}
         self._rates: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._streaks: dict[str, tuple[str, Callable[[str], int]]] = {}
+        self._calls_per_path: Counter[str] = Counter()
         self._random = random.Random(0)
         self._calls: list[tuple[str, int]] = []
         self._fired: list[tuple[str, str]] = []
@@ -583,6 +585,17 @@ class S3FaultProxy:
             for operation in operations:
                 self._rates[operation] = (rate, faults)
 
+    def fail_first_calls(self, operation: str, fault: str, streak: Callable[[str], int]) -> None:
+        """Answer the first ``streak(path)`` calls of ``operation`` on each path with ``fault``.
+
+        A schedule per object rather than per arrival: two runs writing the same items
+        meet the same faults whatever the order their requests arrive in.
+        """
+        if operation not in S3_OPERATIONS or fault not in FAULTS:
+            raise ValueError(f"unknown S3 operation {operation!r} or fault {fault!r}")
+        with self._lock:
+            self._streaks[operation] = (fault, streak)
+
     def pending(self) -> dict[str, int]:
         """Faults not yet fired, per operation."""
         with self._lock:
@@ -593,6 +606,8 @@ class S3FaultProxy:
         with self._lock:
             self._faults.clear()
             self._rates.clear()
+            self._streaks.clear()
+            self._calls_per_path.clear()
             self._calls.clear()
             self._fired.clear()
 
@@ -628,8 +643,17 @@ class S3FaultProxy:
             yield
             self._session = None
 
-    def _take_fault(self, operation: str) -> _Injection | None:
+    def _take_fault(self, operation: str, path: str = "") -> _Injection | None:
         with self._lock:
+            if operation in self._streaks:
+                fault, streak = self._streaks[operation]
+                earlier, self._calls_per_path[path] = (
+                    self._calls_per_path[path],
+                    self._calls_per_path[path] + 1,
+                )
+                if earlier < streak(path):
+                    self._fired.append((operation, fault))
+                    return _Injection(fault, 1)
             for name in (operation, ANY_OPERATION):
                 queue = self._faults.get(name)
                 if queue:
@@ -653,7 +677,7 @@ class S3FaultProxy:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         operation = s3_operation(request.method, request.path, request.query, request.headers)
         body = await request.read()
-        injection = self._take_fault(operation)
+        injection = self._take_fault(operation, request.path)
         fault = injection.fault if injection is not None else None
         delay_s = injection.delay_s if injection is not None else 0.0
         if fault == "hang":

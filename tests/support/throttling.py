@@ -10,6 +10,7 @@ at once, as a real server's do, so they are the first answers of a burst.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter
 
 from aiohttp import web
@@ -58,3 +59,20 @@ class SparseRefusalsAPI:
             response.headers["Retry-After"] = retry_after
         self.answered[response.status] += 1
         return response
+
+
+MAX_SLOWDOWN_STREAK = 6  # so no item meets s3_max_attempts (10) by bad luck
+
+
+def coin_streak(path: str, share: float = 0.5) -> int:
+    """How many first writes of the object at ``path`` S3 refuses: at least k with
+    probability ``share ** k`` (a fair coin per attempt for 0.5), about ``share`` of all
+    writes; drawn from the item's index at the end of the key (``...-17.json``), so
+    two runs of the same items meet the same refusals."""
+    item = path.rsplit("-", 1)[-1]
+    digest = hashlib.blake2b(item.encode(), digest_size=8).digest()
+    draw = (int.from_bytes(digest, "big") + 0.5) / 2**64
+    streak = 0
+    while streak < MAX_SLOWDOWN_STREAK and draw < share ** (streak + 1):
+        streak += 1
+    return streak
