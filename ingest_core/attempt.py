@@ -45,7 +45,7 @@ THROTTLE_STATUSES = frozenset({429, 503})  # the API asking us to slow down (CON
 Store = Callable[[aiohttp.ClientResponse], Awaitable[T]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per page, and a frozen init costs a setattr a field
 class Attempted(Generic[T]):
     """A page that succeeded: what its sink stored, after how many attempts."""
 

@@ -19,7 +19,7 @@ from ingest_core.pagination import PageRequest, PageView
 from ingest_core.transfer import Stored
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per page, and a frozen init costs a setattr a field
 class Page:
     """One page as stored: what the sink saw and what the paginator reads.
 
@@ -53,11 +53,14 @@ class Sequencer(Protocol):
     def fan_out(self, first: PageView) -> Sequence[PageRequest] | None: ...
 
 
+_ONLY_PAGE = PageRequest()
+
+
 class SinglePage:
     """An unpaginated item: a chain of exactly one page."""
 
     def first(self) -> PageRequest:
-        return PageRequest()
+        return _ONLY_PAGE
 
     def after(self, page: PageView) -> PageRequest | None:
         return None

@@ -77,10 +77,10 @@ class _Run:
         on_page: PageCallback | None,
     ) -> None:
         self.job, self.settings, self.clock, self.limits = job, settings, clock, limits
-        self.shape = shape
-        self.on_item, self.on_page = on_item, on_page
+        self.shape, self.on_item, self.on_page = shape, on_item, on_page
         self.tally = Tally(requested=job.requested)
         self.budget = ByteBudget(job.options.memory_budget)
+        self.template = job.api.template  # parsed (and checked) once per run, not per key
         # Every page of the endpoint shares one limit: redirects stay inside the attempt.
         self.api_limit = self.limits.for_origin(str(URL(job.api.endpoint).origin()))
         self.s3_limit = self.limits.for_origin(S3_ORIGIN)
@@ -111,8 +111,7 @@ class _Run:
 
     def sequencer(self) -> Sequencer:
         """A fresh chain for one item: its pagination, or a single page."""
-        pagination = self.job.api.pagination
-        if pagination is None:
+        if (pagination := self.job.api.pagination) is None:
             return SINGLE_PAGE
         return make_chain(pagination, self.job.api.endpoint, self.settings.policy)
 
@@ -377,7 +376,8 @@ async def _fetch_page(
     run: _Run, item: PlannedItem, sink: ItemSink, state: ItemState, number: int, page: PageRequest
 ) -> Page:
     """One page through the attempt loop into the item's sink."""
-    key = state.tried[number] = _key(run, item, number) if sink.page_objects else ""
+    key = "" if not sink.page_objects else state.key if number == 0 else _key(run, item, number)
+    state.tried[number] = key
     request = run.shape.request(item.params, page.params, page.url)
 
     async def store(response: aiohttp.ClientResponse) -> tuple[PageView, Any]:
@@ -393,7 +393,7 @@ async def _fetch_page(
 
 
 def _key(run: _Run, item: PlannedItem, page: int = 0) -> str:
-    return run.job.api.template.render(
+    return run.template.render(
         source_id=run.job.api.source_id,
         request_id=run.job.request_id,
         index=item.index,

@@ -60,15 +60,18 @@ class ItemState:
         return self.written(s3)
 
     def written(self, s3: WriteStats) -> ItemResult:
-        pages = self.out.pages
+        received = stored = 0
+        for page in self.out.pages:  # one loop: this runs once per item written
+            received += page.stored.received
+            stored += page.stored.stored
         result = ItemResult(
             index=self.item.index,
             params=self.item.params,
             key=self.key,
             status=ItemStatus.WRITTEN,
             attempts=self.out.attempts,
-            received_bytes=sum(page.stored.received for page in pages),
-            stored_bytes=sum(page.stored.stored for page in pages),
+            received_bytes=received,
+            stored_bytes=stored,
             records=self.out.records,
             latency_ms=self._ms(),
             s3_attempts=s3.attempts,
