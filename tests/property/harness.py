@@ -58,8 +58,11 @@ class Servers:
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))  # Hypothesis's printer would list every field
 
-    def prepare(self, world: World) -> None:
-        """Reset every server to serve ``world`` and nothing else."""
+    def prepare(self, world: World, *, keep_store: bool = False) -> None:
+        """Reset every server to serve ``world`` and nothing else.
+
+        ``keep_store`` keeps what earlier runs stored (a re-run of the same batch).
+        """
         self.api.reset(
             page_size=world.page_size,
             totals={world.date(i): total for i, total in enumerate(world.totals)},
@@ -76,11 +79,12 @@ class Servers:
             },
         )
         self.proxy.clear()
-        self.moto.close_clients()
-        self.moto.reset()
-        self.moto.create_bucket(RAW_BUCKET)
-        shutil.rmtree(self.scratch, ignore_errors=True)
-        self.scratch.mkdir(parents=True)
+        if not keep_store:
+            self.moto.close_clients()
+            self.moto.reset()
+            self.moto.create_bucket(RAW_BUCKET)
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch.mkdir(parents=True)
         self.canary.connections()  # forget anything from before this example
         for fault in world.s3_faults:
             self.proxy.inject(fault.operation, fault.fault, fault.times, delay_s=HELD_S)

@@ -129,6 +129,7 @@ class World:
     api_faults: tuple[ApiFault, ...] = ()
     away_after_page: dict[int, int] = field(default_factory=dict)  # item -> page
     s3_faults: tuple[S3Fault, ...] = ()
+    pack_target_mb: int | None = None  # options.pack.target_mb; None = the default
 
     @property
     def items(self) -> int:
@@ -185,6 +186,8 @@ class World:
         if self.pack is not None:
             compression = "gzip" if self.gzip else "none"
             options["pack"] = {"unit": self.pack, "compression": compression}
+            if self.pack_target_mb is not None:
+                options["pack"]["target_mb"] = self.pack_target_mb
         else:
             options["compress"] = self.gzip
         batch = [{"date": self.date(i)} for i in range(self.items)]

@@ -34,6 +34,8 @@ _COMMON = settings(
 )
 
 CI = settings(_COMMON, max_examples=CI_EXAMPLES, derandomize=True, database=None)
+# Re-runs (tests/property/test_reruns.py): each step is a whole run over ~4 MB.
+RERUNS = settings(_COMMON, max_examples=8, stateful_step_count=3, derandomize=True, database=None)
 
 
 def soak_examples() -> int:
