@@ -111,7 +111,7 @@ def _verdicts(records: dict[str, list[dict[str, Any]]]) -> list[Verdict]:
         median, pairs = pair_ratios(records, f"{OURS} {loop}", f"{LEAN} {loop}")
         verdicts.append(
             Verdict(
-                "P3",
+                "21-P3",
                 f"unpacked CPU/item <= {P3_MAX}x the lean floor, same null sink, {loop}",
                 pairs_text(median, pairs),
                 "N/A" if median is None else ("PASS" if median <= P3_MAX else "FAIL"),
@@ -120,13 +120,13 @@ def _verdicts(records: dict[str, list[dict[str, Any]]]) -> list[Verdict]:
     old, old_pairs = pair_ratios(records, OURS_OLD, OLD_FLOOR)
     verdicts.append(
         Verdict(
-            "P3", "the same on T1's old floor and servers", pairs_text(old, old_pairs), "REPORT"
+            "21-P3", "the same on T1's old floor and servers", pairs_text(old, old_pairs), "REPORT"
         )
     )
     floor_cost, floor_pairs = pair_ratios(records, OLD_FLOOR_LEAN, f"{LEAN} asyncio")
     verdicts.append(
         Verdict(
-            "P3",
+            "21-P3",
             "old floor code / lean floor code, both on the lean servers",
             pairs_text(floor_cost, floor_pairs),
             "REPORT",

@@ -113,13 +113,13 @@ def _verdicts(records: dict[str, list[dict[str, Any]]]) -> list[Verdict]:
         p2, p2_pairs = pair_ratios(records, f"{LEAN} {loop}", f"{PACKED} {loop}")
         verdicts += [
             Verdict(
-                "P1",
+                "21-P1",
                 f"packed CPU/item <= {P1_MAX}x GET-only ({loop}); moonshot {P1_MOONSHOT}x",
                 pairs_text(p1, p1_pairs),
                 "N/A" if p1 is None else ("PASS" if p1 <= P1_MAX else "FAIL"),
             ),
             Verdict(
-                "P2",
+                "21-P2",
                 f"packed items per CPU-s >= {P2_MIN}x the lean unpacked floor's ({loop})",
                 pairs_text(p2, p2_pairs),
                 "N/A" if p2 is None else ("PASS" if p2 >= P2_MIN else "FAIL"),
