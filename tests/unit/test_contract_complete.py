@@ -18,6 +18,7 @@ from ingest_core.events import parse_event
 from ingest_core.netguard import NetPolicy
 from ingest_core.results import ItemResult, ItemStatus, PackSpan
 from ingest_core.runtime import execute
+from ingest_core.state import Watermark
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ROOT / "docs" / "CONTRACT.md"
@@ -91,3 +92,35 @@ def test_every_warning_code_is_in_section_6() -> None:
     codes = set(re.findall(r'"code": "(\w+)"', HINTS.read_text(encoding="utf-8")))
     assert codes, "hints.py names no warning code: this test reads it wrong"
     assert not unnamed(codes, section(6))
+
+
+async def test_every_incremental_and_state_field_is_in_section_15(tmp_path: Path) -> None:
+    """The ``incremental`` block of a real run whose state covers its range (no request)."""
+    state = tmp_path / "contract" / "_state" / "daily.json"
+    state.parent.mkdir(parents=True)
+    stored = Watermark(
+        watermark="2024-01-03", updated_at="2024-01-04T00:00:00+00:00", request_id="r"
+    )
+    state.write_bytes(stored.to_json())
+    job = parse_event(
+        {
+            "api_config": {
+                "endpoint": "https://api.example.com/v1",
+                "raw_bucket": "unused-bucket",
+                "source_id": "contract",
+            },
+            "date_range": {
+                "start": "2024-01-01",
+                "end": "2024-01-03",
+                "incremental": True,
+                "state_key": "daily",
+            },
+            "request_id": "contract-check",
+        },
+        policy=NetPolicy(),
+    )
+    outcome = await execute(job, local_dir=tmp_path)
+    block = outcome.result["incremental"]
+    assert block["nothing_new"] is True and block["watermark_before"] == "2024-01-03"
+    names = set(block) | set(orjson.loads(stored.to_json()))
+    assert not unnamed(names, section(15))
