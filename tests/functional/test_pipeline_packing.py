@@ -267,3 +267,22 @@ async def test_a_pack_object_s_s3_retries_and_slowdowns_are_counted(
     assert len(writer.refused) == 1
     assert result["throttled"] == 1
     assert result["retries"] == 1
+
+
+async def test_a_packed_chain_whose_lines_exceed_max_body_bytes_fails_alone(
+    tmp_path: Path, api_server: StartServer
+) -> None:
+    # GIVEN items of 5 pages of 300 KB, each page within max_body_bytes (1 MB), the
+    # chain's lines together beyond it
+    url = api_server(paged_app(5, 300 * KiB)).url
+    options = {"concurrency": 2, "memory_budget_mb": 16, "part_size_mb": 5}
+    # WHEN they are packed
+    outcome = await ingest(
+        f"{url}/big", LocalDirWriter(tmp_path), items=2, options={**options, "max_body_bytes": MiB}
+    )
+    # THEN each fails body_too_large, naming the bound, and nothing of them is packed
+    result = outcome.result
+    assert result["failed"] == 2
+    assert {f["kind"] for f in result["failures"]} == {"body_too_large"}
+    assert all("max_body_bytes" in f["error"] for f in result["failures"])
+    assert result["bytes_written"] == 0
