@@ -185,6 +185,25 @@ async def test_the_pace_recovers_along_the_cubic_and_is_dropped_once_clean() -> 
     assert limit.lowest_pace == pytest.approx(40 * BETA)
 
 
+async def test_once_paced_a_retry_after_holds_only_its_own_request() -> None:
+    # GIVEN a pace learned from a burst at an origin admitting 40/s, and its pause over
+    clock = FakeClock()
+    limit = limit_on(clock)
+    starts = [await limit.acquire() for _ in range(64)]
+    for n, started in enumerate(starts):
+        limit.release(started, Outcome.THROTTLED if n < 24 else Outcome.SUCCESS, retry_after_s=1)
+    clock.now += 2
+    pace_before = limit.pace
+    # WHEN the pace overshoots and 20 of the next 40 are refused with Retry-After: 5
+    starts = [await limit.acquire() for _ in range(40)]
+    for n, started in enumerate(starts):
+        limit.release(started, Outcome.THROTTLED if n % 2 else Outcome.SUCCESS, retry_after_s=5)
+    # THEN the pace went down (the origin-wide slowdown), and nobody else waits 5 s
+    assert limit.pace is not None and pace_before is not None and limit.pace < pace_before
+    assert limit.paused_until < clock.now
+    assert await limit.acquire() < clock.now + 1
+
+
 async def test_against_a_real_rate_limit_few_requests_are_refused() -> None:
     # GIVEN an origin admitting 40 requests/s (bucket of 40), 100 ms per request, 64 allowed
     clock = FakeClock()
