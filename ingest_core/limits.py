@@ -259,6 +259,7 @@ class AdaptiveLimit:
         self._starts: deque[float] = deque()  # when recent requests started
         self._refused: deque[float] = deque()  # when recently refused requests started
         self._lock = asyncio.Lock()
+        self._queued = 0  # acquirers waiting for (or holding) the lock
         self._freed: asyncio.Future[None] | None = None
 
     @property
@@ -270,21 +271,35 @@ class AdaptiveLimit:
         """Wait for a slot, the end of any pause and the pace; return the start time."""
         if not self.enabled:
             return self._clock()
-        async with self._lock:  # one waiter at a time: the others queue FIFO behind it
-            while True:
-                if self.in_flight >= self.limit:
-                    self._freed = asyncio.get_running_loop().create_future()
-                    await self._freed
-                    continue
-                now = self._clock()
-                wait = max(self.paused_until, self._next_start) - now
-                if wait > 0:
-                    await self._sleep(wait)
-                    continue
-                break
-            self.in_flight += 1
-            self._started(now)
-            return now
+        now = self._clock()
+        if not self._queued and self._may_start(now):
+            # Nobody waiting and nothing to wait for: no lock, so the requests of a run
+            # that is not throttled never queue behind each other's loop iterations.
+            return self._take(now)
+        self._queued += 1
+        try:
+            async with self._lock:  # one waiter at a time: the others queue FIFO behind it
+                while True:
+                    if self.in_flight >= self.limit:
+                        self._freed = asyncio.get_running_loop().create_future()
+                        await self._freed
+                        continue
+                    now = self._clock()
+                    wait = max(self.paused_until, self._next_start) - now
+                    if wait > 0:
+                        await self._sleep(wait)
+                        continue
+                    return self._take(now)
+        finally:
+            self._queued -= 1
+
+    def _may_start(self, now: float) -> bool:
+        return self.in_flight < self.limit and now >= max(self.paused_until, self._next_start)
+
+    def _take(self, now: float) -> float:
+        self.in_flight += 1
+        self._started(now)
+        return now
 
     def release(
         self, started: float, outcome: Outcome, *, retry_after_s: float | None = None
