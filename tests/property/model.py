@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import assume
 from hypothesis import strategies as st
 
 from tests.support.servers import Response
@@ -285,10 +284,8 @@ def worlds(draw: st.DrawFn) -> World:
         # Mostly small records; sometimes pages of ~0.25-1 MB to press on the budget.
         pad=draw(st.sampled_from([0, 0, 0, 2_000, 60_000, 250_000])),
     )
-    # KNOWN BUG (property finding 5): packed paginated chains of ~750 KB pages deadlock
-    # on the memory budget until the hard stop; excluded until the fix lands.
-    if world.pack is not None and world.pagination is not None:
-        assume(world.pad < 250_000)
+    # Finding 5 (packed paginated chains of ~750 KB pages deadlocked on the budget) was
+    # fixed by packing/staging.py: such worlds are drawn again.
     return draw(faults_for(world))
 
 
@@ -316,10 +313,9 @@ def faults_for(world: World) -> st.SearchStrategy[World]:
         s3: list[S3Fault] = []
         if world.sink != "local":
             for _ in range(draw(st.integers(0, 2))):
-                # A request held for good (``hang``) ends only at the hard stop.
-                # KNOWN BUG (property finding 2): a packed run
-                # overruns its deadline when a PUT hangs; not drawn until fixed.
-                held = ("hang",) if world.tight and world.pack is None else ()
+                # A request held for good (``hang``) ends only at the hard stop (finding 2,
+                # a packed run overrunning its deadline on one, is fixed: packed too).
+                held = ("hang",) if world.tight else ()
                 fault = draw(st.sampled_from(S3_RETRIED + S3_FATAL + ("error_in_200", *held)))
                 operation = (
                     "CompleteMultipartUpload"
