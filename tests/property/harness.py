@@ -85,6 +85,8 @@ class Servers:
             self.moto.create_bucket(RAW_BUCKET)
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch.mkdir(parents=True)
+        if world.disk_fault:
+            (self.scratch / world.blocked_key()).mkdir(parents=True)
         self.canary.connections()  # forget anything from before this example
         for fault in world.s3_faults:
             self.proxy.inject(fault.operation, fault.fault, fault.times, delay_s=HELD_S)
@@ -111,7 +113,10 @@ def run_world(world: World, servers: Servers) -> Run:
     local_dir = servers.scratch if world.sink == "local" else None
 
     async def ingest(deadline: float) -> dict[str, Any] | None:
-        run = execute(job, settings=settings, deadline=deadline, local_dir=local_dir)
+        stop = asyncio.Event()
+        if world.stop_after_s is not None:
+            asyncio.get_running_loop().call_later(world.stop_after_s, stop.set)
+        run = execute(job, settings=settings, deadline=deadline, local_dir=local_dir, stop=stop)
         try:
             outcome = await asyncio.wait_for(run, deadline - time.monotonic() + HANG_GRACE_S)
         except TimeoutError:

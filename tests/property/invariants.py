@@ -32,8 +32,8 @@ from tests.property.model import (
 )
 from tests.support.reliability import assert_counts
 
-# Kinds any item may fail with when the deadline is tight: cut, not started, or the
-# last error of a page whose retries the deadline stopped.
+# Kinds any item may fail with when work is cut (a tight deadline, a stop): cut, not
+# started, or the last error of a page whose retries the cut ended.
 DEADLINE_KINDS = frozenset({"deadline", "throttled"})
 
 
@@ -57,7 +57,7 @@ def check(world: World, run: Run, servers: Servers) -> None:
     assert store.open_uploads() == [], "a multipart upload was left open"
     entries = _manifest(world, result, store, fired)
     _check_kinds(world, result, fired)
-    if not world.tight:  # under a tight deadline, a cut attempt's answer may go uncounted
+    if not world.cut:  # when work is cut, a cut attempt's answer may go uncounted
         _check_throttle_counts(result, servers, fired)
     if entries is not None:
         _check_not_attempted(entries)
@@ -78,7 +78,7 @@ def _manifest(
     """The manifest, or None when the run could not write it (and had a reason not to)."""
     key = result.get("manifest_key")
     if key is None:
-        excused = world.tight or any(f in S3_FATAL for f in fired)
+        excused = world.cut or any(f in S3_FATAL for f in fired)
         assert excused, f"no manifest: {result.get('manifest_error')}"
         return None
     entries = store.manifest(key)
@@ -89,9 +89,9 @@ def _manifest(
 def _allowed(world: World, item: int, fired: list[str]) -> frozenset[str]:
     verdict = expected(world, item)
     kinds = set(verdict.kinds)
-    if any(f in S3_FATAL for f in fired):
+    if any(f in S3_FATAL for f in fired) or world.disk_fault:
         kinds.add("s3_error")
-    if world.tight:
+    if world.cut:
         kinds |= DEADLINE_KINDS
         kinds |= {k for f in world.api_faults if f.item == item for k in _kinds_of(f.fault)}
         if "hang" in fired:

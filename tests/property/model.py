@@ -129,6 +129,8 @@ class World:
     away_after_page: dict[int, int] = field(default_factory=dict)  # item -> page
     s3_faults: tuple[S3Fault, ...] = ()
     pack_target_mb: int | None = None  # options.pack.target_mb; None = the default
+    stop_after_s: float | None = None  # a stop (Ctrl-C) this long after the start
+    disk_fault: bool = False  # local sink: the first object's path is a folder
 
     @property
     def items(self) -> int:
@@ -145,6 +147,19 @@ class World:
     @property
     def tight(self) -> bool:
         return self.deadline_s < AMPLE_DEADLINE_S
+
+    @property
+    def cut(self) -> bool:
+        """Work in flight may be cut: a tight deadline, or a stop."""
+        return self.tight or self.stop_after_s is not None
+
+    def blocked_key(self) -> str:
+        """The key ``disk_fault`` blocks: the first pack object, or item 0's first page."""
+        if self.pack is not None:
+            suffix = ".ndjson.gz" if self.gzip else ".ndjson"
+            return f"{SOURCE}/{REQUEST_ID}-0-0{suffix}"
+        page = "-0" if self.pagination is not None else ""
+        return f"{SOURCE}/{REQUEST_ID}-0{page}.json" + (".gz" if self.gzip else "")
 
     def date(self, item: int) -> str:
         return f"d{item}"
@@ -323,12 +338,19 @@ def faults_for(world: World) -> st.SearchStrategy[World]:
                     else draw(st.sampled_from(S3_OPERATIONS))
                 )
                 s3.append(S3Fault(operation, fault, draw(st.integers(1, 2))))
+        local = world.sink == "local"
         return World(
             **{
                 **{name: getattr(world, name) for name in World.__dataclass_fields__},
                 "api_faults": _first_per_page(api),
                 "away_after_page": away,
                 "s3_faults": tuple(s3),
+                # One example in eight is stopped early (Ctrl-C), mid-run or nearly done.
+                "stop_after_s": draw(st.floats(0.05, 1.5))
+                if draw(st.integers(0, 7)) == 0
+                else None,
+                # A disk error (the key's path is taken by a folder) on one local example in four.
+                "disk_fault": local and draw(st.integers(0, 3)) == 0,
             }
         )
 

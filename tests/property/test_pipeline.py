@@ -6,7 +6,8 @@ or record, gzip or not; sink S3 lean PUT, S3 SDK or a local folder; concurrency;
 memory budget; deadline) and a fault schedule (API: 429 with Retry-After, 5xx, a
 reset, a truncated body, a 404, a next link to another origin; S3: SlowDown, 500,
 a dropped connection, 403, a Complete answering 200 with an error, a held or hung
-request), runs it against the paged API and moto behind the fault proxy, and checks:
+request; a local folder whose first object's path is taken; a stop, as Ctrl-C gives),
+runs it against the paged API and moto behind the fault proxy, and checks:
 
 - the counts add up, every failure has a kind from the closed set;
 - items the model says must fail failed, with a kind it allows; the others succeeded;
