@@ -6,6 +6,7 @@ as served (``PagedAPI.served``): see ``check`` for the list.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any
 
@@ -23,8 +24,10 @@ from tests.property.harness import (
 )
 from tests.property.model import (
     API_FAULTS,
+    REQUEST_ID,
     S3_COUNTED_RETRIES,
     S3_FATAL,
+    SOURCE,
     THROTTLE_STATUSES,
     World,
     expected,
@@ -43,8 +46,12 @@ def check_world(world: World, servers: Servers) -> None:
     check(world, run_world(world, servers), servers)
 
 
-def check(world: World, run: Run, servers: Servers) -> None:
-    """Every invariant of the module docstring of test_pipeline, or an AssertionError."""
+def check(world: World, run: Run, servers: Servers, *, rerun: bool = False) -> None:
+    """Every invariant of the module docstring of test_pipeline, or an AssertionError.
+
+    ``rerun``: the store holds an earlier run of the same batch; unpacked, its pages
+    beyond an item's new chain may stay (CONTRACT §11: read pages by the manifest).
+    """
     assert run.result is not None, f"the run did not return {HANG_NOTE}"
     result = run.result
     assert run.returned_at < run.deadline, (
@@ -61,7 +68,7 @@ def check(world: World, run: Run, servers: Servers) -> None:
         _check_throttle_counts(result, servers, fired)
     if entries is not None:
         _check_not_attempted(entries)
-        _check_stored(world, result, entries, store, servers)
+        _check_stored(world, result, entries, store, servers, rerun=rerun)
     budget = world.memory_budget_mb + RSS_SLACK_MIB
     if world.sink == "local":  # S3 sinks: moto and the proxy share this process's RSS
         assert run.rss_growth_mib <= budget, (
@@ -143,11 +150,15 @@ def _check_stored(
     entries: dict[int, dict[str, Any]],
     store: Store,
     servers: Servers,
+    *,
+    rerun: bool = False,
 ) -> None:
     """Succeeded items' bytes are stored exactly once where the manifest says; no stray key."""
     written = {i for i, e in entries.items() if e["status"] in ("written", "skipped")}
     assert len(written) == result["succeeded"]
     stray = store.keys() - named_keys(entries) - {result["manifest_key"]}
+    if rerun and world.pack is None and world.pagination is not None:
+        stray = {key for key in stray if not _beyond_the_chain(key, entries)}
     assert not stray, f"objects the manifest does not name: {sorted(stray)}"
     served = servers.api.served
     for item in sorted(written):
@@ -160,6 +171,17 @@ def _check_stored(
             _check_objects(world, entries[item], pages, store)
     if world.pack is not None:
         _check_packs(world, entries, written, store, served)
+
+
+PAGE_KEY = re.compile(rf"{re.escape(SOURCE)}/{re.escape(REQUEST_ID)}-(\d+)-(\d+)\.json(\.gz)?")
+
+
+def _beyond_the_chain(key: str, entries: dict[int, dict[str, Any]]) -> bool:
+    """An earlier run's page of an item, beyond the pages its latest chain wrote."""
+    match = PAGE_KEY.fullmatch(key)
+    if match is None or int(match[1]) not in entries:
+        return False
+    return int(match[2]) >= len(entries[int(match[1])].get("keys") or ())
 
 
 def _check_objects(world: World, entry: dict[str, Any], pages: list[bytes], store: Store) -> None:
