@@ -11,7 +11,7 @@ import pytest
 
 from tests.property.harness import Servers
 from tests.property.invariants import check_world
-from tests.property.model import AMPLE_DEADLINE_S, ApiFault, World
+from tests.property.model import AMPLE_DEADLINE_S, ApiFault, S3Fault, World
 
 pytestmark = [pytest.mark.usefixtures("allow_private"), pytest.mark.timeout(120)]
 
@@ -73,6 +73,50 @@ def test_finding_6_a_chain_that_fails_on_429s_counts_them(
             memory_budget_mb=5,
             max_attempts=2,
             api_faults=(ApiFault(item=0, page=0, fault="429", times=2, retry_after="0"),),
+        ),
+        servers,
+    )
+
+
+def test_finding_2_a_packed_run_with_a_hung_put_returns_before_its_deadline(
+    servers: Servers,
+) -> None:
+    """Finding 2 (2026-12-06): the pack object's PUT never answered and the run returned
+    +1.76 s past its 2.5 s deadline (close, then abort, then abort again, each waited)."""
+    check_world(
+        world(
+            pagination="cursor",
+            page_size=1,
+            totals=(3,) * 6,
+            total_source=None,
+            pack="response",
+            memory_budget_mb=10,
+            deadline_s=2.5,
+            s3_faults=(S3Fault("PutObject", "hang", 1),),
+        ),
+        servers,
+    )
+
+
+def test_finding_5_packed_chains_of_large_pages_do_not_wait_on_the_budget(
+    servers: Servers,
+) -> None:
+    """Finding 5 (2026-12-06): two packed chains of ~750 KB pages each stopped after two
+    pages, waiting for budget their own staged pages held, until the hard stop."""
+    check_world(
+        world(
+            pagination="offset",
+            page_size=3,
+            totals=(10, 6),
+            parallel=False,
+            total_source=None,
+            max_pages=3,
+            pack="record",
+            sink="local",
+            concurrency=6,
+            memory_budget_mb=11,
+            max_attempts=2,
+            pad=250_000,
         ),
         servers,
     )
