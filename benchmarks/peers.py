@@ -430,7 +430,12 @@ def _invoke(
 
 
 def _fanout_ingest(spec: WorkerSpec) -> Callable[[str, int], Outcome]:
-    os.environ["FANOUT_EVENT_LOOP"] = spec.loop  # read when handler.app is imported
+    if spec.loop == "uvloop":
+        # The handler's asyncio.Runner() takes its loop from the policy: uvloop for this
+        # worker only, without the handler knowing (P4 measures it; it is not adopted).
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     handler = _load_handler()
     return lambda run_id, count: _invoke(handler, spec, run_id, count)
 
