@@ -160,14 +160,8 @@ def test_a_rate_limited_api_is_respected(s3: MotoS3, api_server: Any) -> None:
 # ------------------------------------------------------- issue 19: polite, not timid
 
 
-def timed_run(event: dict[str, Any], timeout_s: float = 100) -> tuple[dict[str, Any], float]:
-    started = time.monotonic()
-    result, _ = run(event, timeout_s)
-    return result, time.monotonic() - started
-
-
 @pytest.mark.timeout(240)
-def test_a_sprinkle_of_refusals_from_an_api_with_no_rate_limit_costs_no_time(
+def test_a_sprinkle_of_refusals_from_an_api_with_no_rate_limit_moves_no_limit(
     s3: MotoS3, api_server: Any
 ) -> None:
     # GIVEN an API with no rate limit refusing single requests: 2% of items 429 +
@@ -176,7 +170,7 @@ def test_a_sprinkle_of_refusals_from_an_api_with_no_rate_limit_costs_no_time(
     items = 600
     batch = [{"n": n} for n in range(items)]
     good = [n for n in range(items) if sparse.good(n)]
-    walls, results = {}, {}
+    results: dict[bool, dict[str, Any]] = {}
     for adaptive in (False, True):
         api = sparse.SparseRefusalsAPI()
         url = api_server(api).url
@@ -184,9 +178,7 @@ def test_a_sprinkle_of_refusals_from_an_api_with_no_rate_limit_costs_no_time(
         s3.reset()
         s3.create_bucket(RAW_BUCKET)
         # WHEN the handler ingests them, adaptive off, then on (the default)
-        results[adaptive], walls[adaptive] = timed_run(
-            event_for(f"{url}/v1/data", batch=batch, options=options)
-        )
+        results[adaptive], _ = run(event_for(f"{url}/v1/data", batch=batch, options=options))
         # THEN every good item is written, every other failed, counts exact, both ways
         result = results[adaptive]
         assert (result["succeeded"], result["failed"]) == (len(good), items - len(good))
@@ -195,13 +187,12 @@ def test_a_sprinkle_of_refusals_from_an_api_with_no_rate_limit_costs_no_time(
         assert api.answered[429] == items // 50 and api.answered[503] == 2 * items // 50
     bodies = {n: served_body(batch[n]) if n in set(good) else b"" for n in range(items)}
     assert_s3_outcome(s3, results[True], bodies)
-    # AND adaptive, the API's limit never moved, no pace was learned, and the run took
-    # about as long as with adaptive off (before: a limit of 26 and 2.3x the time here;
-    # the bound leaves room for a shared machine, the two lines above are the proof)
+    # AND adaptive, the API's limit never moved and no pace was learned (before: a limit
+    # of 26). What that costs in time is the throttling benchmark's to measure: a wall
+    # clock ratio here would judge the machine's load, not the limiter.
     figures = results[True]["adaptive"]
     assert figures["api_lowest"] == 64, figures
     assert figures["api_pace_lowest_per_s"] is None, figures
-    assert walls[True] <= 1.5 * walls[False] + 1.0, walls
 
 
 def test_a_retry_after_of_a_day_fails_that_item_throttled_and_holds_nobody_else(
@@ -227,7 +218,7 @@ def test_a_retry_after_of_a_day_fails_that_item_throttled_and_holds_nobody_else(
 
 
 @pytest.mark.timeout(240)
-def test_s3_slowdown_on_half_the_writes_costs_little_and_learns_no_pace(
+def test_s3_slowdown_on_half_the_writes_loses_nothing_and_learns_no_pace(
     s3: MotoS3, s3_proxy: S3FaultProxy, faulty_api: tuple[FaultyAPI, str]
 ) -> None:
     # GIVEN S3 answering SlowDown to half of all PUTs, 150 small items, 25 s deadline;
@@ -235,7 +226,7 @@ def test_s3_slowdown_on_half_the_writes_costs_little_and_learns_no_pace(
     # schedule per key: a random one would make either run's tail of backoffs luck)
     _, url = faulty_api
     batch = bytes_batch([2048] * 150)
-    walls, results = {}, {}
+    results: dict[bool, dict[str, Any]] = {}
     for adaptive in (False, True):
         s3.reset()
         s3.create_bucket(RAW_BUCKET)
@@ -244,17 +235,15 @@ def test_s3_slowdown_on_half_the_writes_costs_little_and_learns_no_pace(
         options = {"expect_json": False, "adaptive": adaptive}
         # WHEN the handler ingests them with throttling off, then on
         event = event_for(f"{url}/bytes", batch=batch, options=options)
-        started = time.monotonic()
         results[adaptive], context = run(event, timeout_s=25)
-        walls[adaptive] = time.monotonic() - started
         # THEN every item is written, both ways, after about half the writes were refused
         assert results[adaptive]["succeeded"] == 150, results[adaptive]["failures"][:3]
         puts = s3_proxy.statuses("PutObject")
         assert 0.4 <= puts.count(503) / len(puts) <= 0.6, (puts.count(503), len(puts))
     bodies = {i: expected_bytes(2048, i) for i in range(150)}
     assert_s3_outcome(s3, results[True], bodies, context=context)
-    # AND adaptive, S3 learned no pace, and it took at most 1.5x the time
+    # AND adaptive, S3 learned no pace (before: 6.2/s and 98 of 150 written); the time
+    # it costs is measured by the throttling benchmark, not by a wall clock here
     figures = results[True]["adaptive"]
     assert figures["s3_pace_lowest_per_s"] is None, figures
     assert results[True]["throttled"] > 50
-    assert walls[True] <= 1.5 * walls[False] + 1.0, walls
