@@ -456,7 +456,8 @@ def refuse_long_retry_after(
     deadline anyway. Whether the whole origin pauses is ``AdaptiveLimit``'s call.
     """
     wait = error.retry_after_s if isinstance(error, HTTPStatusError) else None
-    if wait is None or (wait <= left_s and wait <= max_retry_after_s):
+    # A status that is not retried (a 404 with Retry-After, say) fails as what it is.
+    if wait is None or not error.retryable or (wait <= left_s and wait <= max_retry_after_s):
         return error
     assert isinstance(error, HTTPStatusError)
     asked = f"at least {wait:.0f}" if wait >= RETRY_AFTER_CAP_S else f"{wait:g}"

@@ -361,6 +361,15 @@ def test_a_retry_after_within_what_the_run_allows_keeps_the_error(
     assert refuse_long_retry_after(error, left_s=left_s, max_retry_after_s=60) is error
 
 
+def test_a_long_retry_after_on_a_status_that_is_not_retried_keeps_http_status() -> None:
+    # GIVEN a 404 that also says Retry-After: 3600 (never retried, so nothing waits)
+    error = HTTPStatusError("HTTP 404", status=404, retryable=False, retry_after_s=3600.0)
+    # WHEN the attempt loop asks whether the wait is too long
+    kept = refuse_long_retry_after(error, left_s=10.0, max_retry_after_s=60)
+    # THEN the item fails as the 404 it is, not throttled
+    assert kept is error and kept.kind is FailureKind.HTTP_STATUS
+
+
 # ------------------------------------------------------------------ S3 retries
 
 
