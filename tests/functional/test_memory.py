@@ -2,54 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import RAW_BUCKET
+from tests.support.memory_child import run_child
 from tests.support.servers import MotoS3, Response, ScriptedAPI
 
 pytestmark = pytest.mark.timeout(180)
 
-ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 MARGIN_MIB = 24  # interpreter noise, botocore's part checksum copy, aiohttp buffers
-CHILD = """
-import json, sys
-from handler.app import lambda_handler
-from tests.support.lambda_context import LocalContext
-result = lambda_handler(json.loads(sys.argv[1]), LocalContext(150, "mem"))
-# VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec.
-status = open("/proc/self/status").read()
-peak = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:")))
-print("RESULT " + json.dumps({"status": result["status"], "bytes": result["bytes_written"],
-                               "peak_kib": peak}))
-"""
-
-
-def run_child(event: dict[str, Any], s3: MotoS3) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL_S3": s3.endpoint,
-        "FANOUT_ALLOW_PRIVATE_NETWORKS": "true",
-        "PYTHONPATH": str(ROOT),
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(event)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=True,
-    ).stdout
-    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
-    return dict(json.loads(line.removeprefix("RESULT ")))
+LAMBDA_S = 150  # the child's Lambda budget
 
 
 def test_48_mib_body_peak_rss_within_budget(s3: MotoS3, api_server: Any) -> None:
@@ -60,9 +25,15 @@ def test_48_mib_body_peak_rss_within_budget(s3: MotoS3, api_server: Any) -> None
     options = {"part_size_mb": 8, "memory_budget_mb": 64}
     # WHEN each runs in its own fresh process
     small = run_child(
-        {"api_config": api, "query_params": {"date": "small"}, "options": options}, s3
+        {"api_config": api, "query_params": {"date": "small"}, "options": options},
+        s3,
+        lambda_s=LAMBDA_S,
     )
-    big = run_child({"api_config": api, "query_params": {"date": "big"}, "options": options}, s3)
+    big = run_child(
+        {"api_config": api, "query_params": {"date": "big"}, "options": options},
+        s3,
+        lambda_s=LAMBDA_S,
+    )
     # THEN the big one landed whole and grew peak RSS by at most the budget plus a margin
     assert small["status"] == big["status"] == "SUCCESS"
     assert s3.get_bytes(RAW_BUCKET, "mem/mem-0.json") == body
@@ -96,10 +67,14 @@ def test_many_concurrent_bodies_under_a_part_stay_within_budget(
     }
     # WHEN each runs in its own fresh process
     small = run_child(
-        {"api_config": api, "query_params": {"date": "small"}, "options": options}, s3
+        {"api_config": api, "query_params": {"date": "small"}, "options": options},
+        s3,
+        lambda_s=LAMBDA_S,
     )
     many = run_child(
-        {"api_config": api, "batch": [{"date": d} for d in dates], "options": options}, s3
+        {"api_config": api, "batch": [{"date": d} for d in dates], "options": options},
+        s3,
+        lambda_s=LAMBDA_S,
     )
     # THEN every body landed, and peak RSS grew by at most the budget plus the margin
     # (the uncompressed part kept for counting records, and each single-PUT body, were

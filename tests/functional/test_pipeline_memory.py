@@ -8,58 +8,23 @@ its own process measuring its own high-water mark, against moto.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from tests.conftest import RAW_BUCKET
+from tests.support.memory_child import run_child
 from tests.support.servers import MotoS3, Response, ScriptedAPI
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("allow_private")]
 
-ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 ALLOWED_GROWTH_MIB = 32  # CONTRACT §16: RSS growth <= memory_budget_mb + 32 MiB
 ITEMS = 8
 BUDGET_MIB = 16
-CHILD = """
-import json, sys
-from handler.app import lambda_handler
-from tests.support.lambda_context import LocalContext
-result = lambda_handler(json.loads(sys.argv[1]), LocalContext(200, "mem"))
-# VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec.
-status = open("/proc/self/status").read()
-peak = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:")))
-print("RESULT " + json.dumps({"status": result["status"], "records": result["records_ingested"],
-                               "peak_kib": peak}))
-"""
-
-
-def run_child(event: dict[str, Any], s3: MotoS3) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL_S3": s3.endpoint,
-        "FANOUT_ALLOW_PRIVATE_NETWORKS": "true",
-        "PYTHONPATH": str(ROOT),
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(event)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=220,
-        check=True,
-    ).stdout
-    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
-    return dict(json.loads(line.removeprefix("RESULT ")))
+LAMBDA_S = 200  # the child's Lambda budget
 
 
 RECORDS = [1] * MIB  # 2 MB of JSON; as record lines ~40x that
@@ -89,10 +54,12 @@ def test_packed_megabyte_items_under_a_16_mib_budget_stay_within_budget(
         "expect_json": expect_json,
         "pack": {"unit": unit},
     }
-    small = run_child({"api_config": api, "query_params": {"d": "x"}, "options": options}, s3)
+    small = run_child(
+        {"api_config": api, "query_params": {"d": "x"}, "options": options}, s3, lambda_s=LAMBDA_S
+    )
     # WHEN the 8 are packed, each run in its own fresh process
     batch = [{"d": str(i)} for i in range(ITEMS)]
-    many = run_child({"api_config": api, "batch": batch, "options": options}, s3)
+    many = run_child({"api_config": api, "batch": batch, "options": options}, s3, lambda_s=LAMBDA_S)
     # THEN every item landed and peak RSS grew by at most the budget plus 32 MiB
     assert many["status"] == "SUCCESS"
     if unit == "record":
