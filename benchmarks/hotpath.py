@@ -2,6 +2,7 @@
 
     python -m benchmarks.hotpath [--items 2000] [--concurrency 64] [--body-bytes 9000]
                                  [--s3 sink|moto] [--top 25] [--stages-only]
+                                 [--pack | --lean] [--calls] [--vs-floor]
 
 First, each per-item step of ours that the raw floor does not do (JSON check,
 MD5, signing, key, params hash, manifest line) is timed alone with ``timeit``:
@@ -15,6 +16,11 @@ stage (``STAGES``: the first matching rule wins); time the loop spent waiting in
 item, scaled so they add up to the unprofiled CPU per item: the sampler barely
 slows the run, so its shares are close to the real ones (cProfile's are not: its
 per-call cost inflates Python code far more than C calls).
+
+``--lean`` runs ours unpacked against the lean floor (GET + unsigned PUT) on the
+lean API and null sink (``benchmarks/nullserver.py``), P3's setup; ``--pack`` runs
+ours packed against the GET-only floor, P1's. ``--vs-floor`` samples the floor the
+same way and prints both by stage, side by side: where ours spends more.
 """
 
 from __future__ import annotations
@@ -27,12 +33,12 @@ import resource
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from benchmarks.floors import PACK, lean_api
+from benchmarks.floors import BUCKET, PACK, _null, lean_api
 from benchmarks.peers import LocalContext, WorkerSpec, fanout_event, worker_env
-from benchmarks.servers import ApiOptions, start_servers
+from benchmarks.servers import HOST, ApiOptions, Servers, _stop, free_port, start_servers
 
 WARMUP_ITEMS = 200
 
@@ -221,7 +227,19 @@ def main(argv: list[str] | None = None) -> int:
         help="the packed path (unit response, gzip 1) on the lean API (benchmarks/nullserver.py), "
         "against the GET-only floor",
     )
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="unpacked, on the lean API and the null sink, against the lean floor (P3's setup)",
+    )
+    parser.add_argument(
+        "--vs-floor",
+        action="store_true",
+        help="also sample the floor and show both by stage, side by side",
+    )
     args = parser.parse_args(argv)
+    if args.pack and args.lean:
+        parser.error("--pack and --lean are two setups: pick one")
     print(f"\nPer-item steps in isolation ({args.body_bytes}-byte body, best of 5):\n")
     print("| step | µs |\n| --- | --- |")
     for name, micros in stage_costs(args.body_bytes):
@@ -229,13 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stages_only:
         return 0
 
-    with (
-        start_servers(
-            api=None if args.pack else ApiOptions(body_bytes=args.body_bytes), s3=args.s3
-        ) as servers,
-        lean_api(servers.log_dir) if args.pack else contextlib.nullcontext(servers.api_url) as api,
-    ):
-        servers = dataclasses.replace(servers, api_url=api)
+    with _servers(args) as servers:
         os.environ.clear()
         os.environ.update(worker_env(servers.s3_url))
         from handler.app import lambda_handler
@@ -257,27 +269,31 @@ def main(argv: list[str] | None = None) -> int:
             run_id = f"hotpath-{stamp}-{tag}"
             return lambda_handler(fanout_event(spec, run_id, count), LocalContext(run_id))
 
+        def floor(tag: str, count: int) -> Any:
+            import asyncio
+
+            from benchmarks.peers import _get_only_item, _lean_item, _lean_pool, _pool, _raw_item
+
+            run_id = f"hotpath-{stamp}-floor-{tag}"
+            if args.pack:  # fetching alone: what packing is measured against (P1)
+                one = _get_only_item
+                return asyncio.run(_lean_pool(spec, count, lambda s, i: one(s, spec, i)))
+            if args.lean:  # GET + unsigned PUT, nothing else (P3)
+                return asyncio.run(
+                    _lean_pool(spec, count, lambda s, i: _lean_item(s, spec, run_id, i))
+                )
+            return asyncio.run(_pool(spec, count, lambda s, i, o: _raw_item(s, spec, run_id, i, o)))
+
         invoke("warm1", WARMUP_ITEMS)
         before = _cpu()
         plain = invoke("plain", args.items)
         plain_us = (_cpu() - before) / args.items * 1e6
         invoke("warm2", WARMUP_ITEMS)
+        floor("warm", WARMUP_ITEMS)
+        before = _cpu()
+        floor("plain", args.items)
+        floor_us = (_cpu() - before) / args.items * 1e6
         if args.calls:
-            import asyncio
-
-            from benchmarks.peers import _get_only_item, _lean_pool, _pool, _raw_item
-
-            def floor(tag: str, count: int) -> Any:
-                run_id = f"hotpath-{stamp}-floor-{tag}"
-                if args.pack:  # fetching alone: what packing is measured against (P1)
-                    return asyncio.run(
-                        _lean_pool(spec, count, lambda s, i: _get_only_item(s, spec, i))
-                    )
-                return asyncio.run(
-                    _pool(spec, count, lambda s, i, o: _raw_item(s, spec, run_id, i, o))
-                )
-
-            floor("warm", WARMUP_ITEMS)
             call_counts(invoke, floor, args.items, args.top)
         from pyinstrument import Profiler
 
@@ -285,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         profiler.start()
         profiled = invoke("profiled", args.items)
         session = profiler.stop()
+        floor_session = None
+        if args.vs_floor:
+            floor_profiler = Profiler(interval=0.001, async_mode="disabled")
+            floor_profiler.start()
+            floor("profiled", args.items)
+            floor_session = floor_profiler.stop()
     for result in (plain, profiled):
         if result["succeeded"] != args.items:
             print(f"run failed: {result.get('failures', [])[:2]}", file=sys.stderr)
@@ -292,21 +314,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.html:
         profiler.write_html(args.html)
     frames = self_times(session.root_frame())
-    by_stage: dict[str, float] = defaultdict(float)
-    for where, seconds in frames.items():
-        by_stage[stage_of(where)] += seconds
-    idle = by_stage.pop(IDLE, 0.0)
-    total = sum(by_stage.values())
-    print(
-        f"{args.items} items of {args.body_bytes} bytes at c={args.concurrency}, S3 {args.s3}: "
-        f"{plain_us:.0f} µs/item CPU unprofiled; sampled {total / args.items * 1e6:.0f} µs/item "
-        f"busy + {idle / args.items * 1e6:.0f} idle in select; stages scaled to the unprofiled "
-        "figure"
+    ours = _scaled_stages(frames, plain_us)
+    floor_stages = (
+        _scaled_stages(self_times(floor_session.root_frame()), floor_us)
+        if floor_session is not None
+        else {}
     )
-    print("\n| stage | µs/item | share |\n| --- | --- | --- |")
-    for stage, seconds in sorted(by_stage.items(), key=lambda kv: -kv[1]):
-        share = seconds / total
-        print(f"| {stage} | {share * plain_us:.0f} | {share:.0%} |")
+    busy = sum(s for where, s in frames.items() if stage_of(where) != IDLE)
+    print(
+        f"{args.items} items of {args.body_bytes} bytes at c={args.concurrency}, "
+        f"{'lean API + null sink' if args.lean else 'S3 ' + args.s3}: {plain_us:.0f} µs/item "
+        f"CPU unprofiled (the floor: {floor_us:.0f}, {plain_us / floor_us:.2f}x); sampled "
+        f"{busy / args.items * 1e6:.0f} µs/item busy; stages scaled to the unprofiled figures"
+    )
+    if floor_session is None:
+        print("\n| stage | µs/item | share |\n| --- | --- | --- |")
+        for stage, micros in sorted(ours.items(), key=lambda kv: -kv[1]):
+            print(f"| {stage} | {micros:.0f} | {micros / plain_us:.0%} |")
+    else:
+        print("\n| stage | ours µs/item | floor µs/item | extra |\n| --- | --- | --- | --- |")
+        for stage in sorted(set(ours) | set(floor_stages), key=lambda n: -ours.get(n, 0.0)):
+            a, b = ours.get(stage, 0.0), floor_stages.get(stage, 0.0)
+            print(f"| {stage} | {a:.0f} | {b:.0f} | {a - b:+.0f} |")
+        print(f"| **total** | {plain_us:.0f} | {floor_us:.0f} | {plain_us - floor_us:+.0f} |")
     if args.top:
         print(f"\ntop {args.top} frames by own time (sampled µs/item):")
         ranked = sorted(frames.items(), key=lambda kv: -kv[1])[: args.top]
@@ -314,6 +344,47 @@ def main(argv: list[str] | None = None) -> int:
             short = where.split("site-packages/")[-1].split("lib/python3")[-1]
             print(f"  {seconds / args.items * 1e6:7.1f}  {short}  [{stage_of(where)}]")
     return 0
+
+
+def _scaled_stages(frames: dict[str, float], cpu_us: float) -> dict[str, float]:
+    """µs per item by stage: the sampled shares (idle left out) of the unprofiled CPU."""
+    by_stage: dict[str, float] = defaultdict(float)
+    for where, seconds in frames.items():
+        by_stage[stage_of(where)] += seconds
+    by_stage.pop(IDLE, None)
+    total = sum(by_stage.values()) or 1.0
+    return {stage: seconds / total * cpu_us for stage, seconds in by_stage.items()}
+
+
+@contextlib.contextmanager
+def _servers(args: argparse.Namespace) -> Iterator[Servers]:
+    """The setup ``args`` asks for: the fake API and S3, or the lean API (and null sink)."""
+    with start_servers(
+        api=None if (args.pack or args.lean) else ApiOptions(body_bytes=args.body_bytes),
+        s3="sink" if args.lean else args.s3,
+    ) as servers:
+        if not args.lean:
+            with (
+                lean_api(servers.log_dir)
+                if args.pack
+                else contextlib.nullcontext(servers.api_url) as api
+            ):
+                yield dataclasses.replace(servers, api_url=api)
+            return
+        procs = []
+        try:
+            api_port, sink_port = free_port(), free_port()
+            procs.append(_null(api_port, servers.log_dir / "null-api.log"))
+            procs.append(_null(sink_port, servers.log_dir / "null-sink.log"))
+            yield dataclasses.replace(
+                servers,
+                api_url=f"http://{HOST}:{api_port}/v1/data",
+                s3_url=f"http://{HOST}:{sink_port}",
+                bucket=BUCKET,
+            )
+        finally:
+            for proc in reversed(procs):
+                _stop(proc)
 
 
 if __name__ == "__main__":

@@ -125,14 +125,18 @@ async def run_chain(
     pages stored so far kept (a paginator's bug must not orphan page 0).
     """
     try:
-        await _walk(chain, fetch, slots, out)
+        if chain is SINGLE_PAGE and slots is None:  # the common case, without the walk
+            out.pages.append(await fetch(0, _ONLY_PAGE))
+        else:
+            await _walk(chain, fetch, slots, out)
     except PageFailed as failed:
         out.error = failed.error
         out.failed_attempts, out.failed_throttled = failed.attempts, failed.throttled
     except Exception as exc:  # the chain refused to go on (loop, origin, max_pages) or a bug
         out.error, out.failed_attempts = exc, 1
     finally:
-        out.pages.sort(key=lambda page: page.number)
+        if len(out.pages) > 1:
+            out.pages.sort(key=lambda page: page.number)
 
 
 async def _walk(

@@ -18,7 +18,6 @@ import functools
 import os
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -191,42 +190,53 @@ def _scalar(value: Any) -> str:
     return str(value)
 
 
-@asynccontextmanager
-async def open_response(
-    session: aiohttp.ClientSession, request: FetchRequest, policy: NetPolicy
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """Send ``request`` following redirects by hand, yielding a 2xx response.
+class open_response:  # lower case: used as a function, ``async with open_response(...)``
+    """Send ``request`` following redirects by hand; the block gets a 2xx response.
 
     Redirects are followed here rather than by aiohttp so that every hop is
     checked against the policy and credentials never cross origins. With an
-    auth provider, a 401 gets one more try with fresh credentials.
+    auth provider, a 401 gets one more try with fresh credentials. The response
+    is released when the block ends, whatever it raised.
+
+    A class, not an ``asynccontextmanager``: every attempt enters one, and the
+    generator version cost an async generator and contextlib's frames per attempt
+    (docs/PERFORMANCE.md).
 
     Raises:
         FetchError: any failure, already translated.
     """
-    if isinstance(request.url, str):
-        url = _checked_endpoint(request.url, policy)
-    else:
-        url = check_url(request.url, policy)
-    retried = False
-    while True:
-        headers: Mapping[str, str] = request.headers
-        if request.auth is not None:
-            headers = {**request.headers, **await request.auth.headers()}
-        try:
-            response = await _follow(session, request, url, headers, policy)
-        except HTTPStatusError as exc:
-            if exc.status != 401 or request.auth is None or retried:
-                raise
-            retried = True
-            if not await request.auth.on_unauthorized(headers):
-                raise
-            continue
-        try:
-            yield response
-        finally:
-            response.release()
-        return
+
+    __slots__ = ("policy", "request", "response", "session")
+
+    def __init__(
+        self, session: aiohttp.ClientSession, request: FetchRequest, policy: NetPolicy
+    ) -> None:
+        self.session, self.request, self.policy = session, request, policy
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        request, policy = self.request, self.policy
+        if isinstance(request.url, str):
+            url = _checked_endpoint(request.url, policy)
+        else:
+            url = check_url(request.url, policy)
+        retried = False
+        while True:
+            headers: Mapping[str, str] = request.headers
+            if request.auth is not None:
+                headers = {**request.headers, **await request.auth.headers()}
+            try:
+                self.response = await _follow(self.session, request, url, headers, policy)
+            except HTTPStatusError as exc:
+                if exc.status != 401 or request.auth is None or retried:
+                    raise
+                retried = True
+                if not await request.auth.on_unauthorized(headers):
+                    raise
+                continue
+            return self.response
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.response.release()
 
 
 async def _follow(

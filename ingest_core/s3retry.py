@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -71,11 +70,23 @@ class S3Retry:
                 attempts and why the retries stopped; ``attempts`` set on it.
         """
         attempt = 0
+        limit = self.limit
         while True:
             attempt += 1
             try:
-                result = await self._attempt(send)
+                if limit is None:
+                    result = await send()
+                else:  # inline, not a method: one coroutine frame less per S3 call
+                    async with limit.slot() as slot:
+                        try:
+                            result = await send()
+                        except S3WriteError as exc:
+                            if exc.throttled:
+                                slot.throttled()
+                            raise
+                        slot.succeeded()
             except S3WriteError as exc:
+                self._count(exc)
                 delay = self._delay_or_give_up(exc, attempt)
                 self.stats.retries += 1
                 await asyncio.sleep(delay)
@@ -83,27 +94,9 @@ class S3Retry:
             self.stats.most_attempts = max(self.stats.most_attempts, attempt)
             return result
 
-    async def _attempt(self, send: Callable[[], Awaitable[T]]) -> T:
-        if self.limit is None:
-            try:
-                return await send()
-            except S3WriteError as exc:
-                self._count(exc)
-                raise
-        async with self.limit.slot() as slot:
-            try:
-                result = await send()
-            except S3WriteError as exc:
-                if self._count(exc):
-                    slot.throttled()
-                raise
-            slot.succeeded()
-            return result
-
-    def _count(self, exc: S3WriteError) -> bool:
+    def _count(self, exc: S3WriteError) -> None:
         if exc.throttled:
             self.stats.throttled += 1
-        return exc.throttled
 
     def _delay_or_give_up(self, exc: S3WriteError, attempt: int) -> float:
         """Seconds before the next attempt; raises ``exc``, annotated, when none may follow."""
@@ -126,11 +119,20 @@ def current() -> S3Retry:
     return _SCOPE.get() or S3Retry()
 
 
-@contextmanager
-def write_scope(retry: S3Retry) -> Iterator[WriteStats]:
-    """Make ``retry`` govern every S3 call in this task until the block ends."""
-    token = _SCOPE.set(retry)
-    try:
-        yield retry.stats
-    finally:
-        _SCOPE.reset(token)
+class write_scope:  # lower case: used as a function, ``with write_scope(retry):``
+    """Make ``retry`` govern every S3 call in this task until the block ends.
+
+    A class, not a ``contextmanager``: every item enters one (docs/PERFORMANCE.md).
+    """
+
+    __slots__ = ("retry", "token")
+
+    def __init__(self, retry: S3Retry) -> None:
+        self.retry = retry
+
+    def __enter__(self) -> WriteStats:
+        self.token = _SCOPE.set(self.retry)
+        return self.retry.stats
+
+    def __exit__(self, *exc: object) -> None:
+        _SCOPE.reset(self.token)

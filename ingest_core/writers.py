@@ -237,7 +237,8 @@ class S3Writer:
     async def put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
         if self.lean:
             try:
-                await self._lean_put(key, _Payload.of_bytes(data), meta)
+                payload = _Payload.of_bytes(data)  # the retry loop called here: a frame less
+                await s3_retry().call(lambda: self._lean_put_once(key, payload, meta))
                 return
             except _WrongRegion:
                 self.lean = False  # let botocore's redirector find the bucket's region
