@@ -430,12 +430,9 @@ def _invoke(
 
 
 def _fanout_ingest(spec: WorkerSpec) -> Callable[[str, int], Outcome]:
-    if spec.loop == "uvloop":
-        # The handler's asyncio.Runner() takes its loop from the policy: uvloop for this
-        # worker only, without the handler knowing (P4 measures it; it is not adopted).
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # The handler runs on the loop FANOUT_EVENT_LOOP names (ingest_core/loops.py; uvloop
+    # by default): each series says which, so ours and a floor share their loop.
+    os.environ["FANOUT_EVENT_LOOP"] = spec.loop
     handler = _load_handler()
     return lambda run_id, count: _invoke(handler, spec, run_id, count)
 

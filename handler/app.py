@@ -28,6 +28,7 @@ from ingest_core import (
     parse_event,
     resolve_secret_headers,
 )
+from ingest_core.loops import loop_factory
 from ingest_core.observability import publish_metrics, summary
 from ingest_core.redact import scrub_exception, scrub_value
 from ingest_core.runtime import S3ClientPool, execute
@@ -40,7 +41,7 @@ copy_config_to_registered_loggers(
     include={name for name in logging.root.manager.loggerDict if name.startswith("ingest_core")},
 )
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "FanoutIngest"))
-_runner = asyncio.Runner()
+_runner = asyncio.Runner(loop_factory=loop_factory())  # uvloop where it imports (loops.py)
 _pool = S3ClientPool()  # lives as long as _runner's loop
 
 # Garbage collection (docs/PERFORMANCE.md, "Decision: garbage collection"): the

@@ -17,6 +17,7 @@ import asyncio
 import sys
 from typing import Any
 
+from ingest_core import loops
 from ingest_core.cli.common import PROG, UsageError, usage_error_from
 from ingest_core.errors import FetchError, InvalidEventError
 from ingest_core.events import Job, parse_event
@@ -60,7 +61,7 @@ def resolve(
     """
     given = {k: v for k, v in event["api_config"]["pagination"].items() if k != "type"}
     job = _probe_job(event, policy)
-    page = asyncio.run(_probe(job, policy, headers_for(job)))
+    page = loops.run(_probe(job, policy, headers_for(job)))
     try:
         choice = choose(page, given=given)
     except Ambiguous as exc:

@@ -9,7 +9,6 @@ process's CPU per item. ``--dest null`` discards bodies, to measure the API alon
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import resource
@@ -19,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ingest_core import loops
 from ingest_core.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -230,7 +230,7 @@ def _run_level(args: argparse.Namespace, concurrency: int) -> Level:
             errors[result.kind.value if result.kind else "unknown"] += 1
 
     cpu0, wall0 = _cpu_s(), time.perf_counter()
-    outcome = asyncio.run(_execute(job, settings, args.dest, on_item))
+    outcome = loops.run(_execute(job, settings, args.dest, on_item))
     wall, cpu = time.perf_counter() - wall0, _cpu_s() - cpu0
     return Level(
         concurrency=concurrency,

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from ingest_core import loops
 from ingest_core.cli.display import PLAIN_PROGRESS_INTERVAL_S
 from ingest_core.config import DEFAULT_PACK_TARGET_MB, PACK_KEY_TEMPLATES, Options
 from ingest_core.errors import InvalidEventError
@@ -433,7 +434,7 @@ def run_async(
             for signum in installed:
                 loop.remove_signal_handler(signum)
 
-    return asyncio.run(wrapper())
+    return loops.run(wrapper())
 
 
 def _install_stop_handlers(

@@ -10,12 +10,12 @@ derived like a run derives it (``--endpoint`` plus ``--param``, ``--step`` and
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from ingest_core import loops
 from ingest_core.cli.backfill import DEFAULT_FORMAT, DEFAULT_PARAM, DEFAULT_STEP, parse_dest
 from ingest_core.cli.common import EXIT_OK, PROG, Command, CommandError, UsageError, key_value
 from ingest_core.errors import StateError
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(("DATE", str(exc))) from None
     try:
-        body = asyncio.run(_act(args))
+        body = loops.run(_act(args))
     except StateError as exc:
         raise CommandError(str(exc)) from None
     except Exception as exc:

@@ -1,0 +1,53 @@
+"""The event loop every run uses: uvloop where it imports, asyncio's own otherwise.
+
+Measured in round three (docs/PERFORMANCE.md, P4): on uvloop a run spends 3-5 %
+less client CPU per item than on asyncio's loop, in nine of ten interleaved pairs
+on a quiet machine; the floors gain more (13-18 %), since their CPU is mostly the
+loop and transports. The handler and the CLI both run on ``loop_factory()``.
+
+``FANOUT_EVENT_LOOP`` (CONTRACT §8): ``uvloop`` (the default) or ``asyncio``.
+Where uvloop cannot import (Windows, a build without it), asyncio's loop is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+
+LOOP_ENV = "FANOUT_EVENT_LOOP"
+LOOPS = ("uvloop", "asyncio")
+T = TypeVar("T")
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def loop_factory(env: Mapping[str, str] | None = None) -> LoopFactory | None:
+    """uvloop's loop factory, or None for asyncio's own (``asyncio.Runner``'s default).
+
+    Raises:
+        ValueError: ``FANOUT_EVENT_LOOP`` names no known loop.
+    """
+    env = os.environ if env is None else env
+    choice = env.get(LOOP_ENV, "").strip().lower() or "uvloop"
+    if choice not in LOOPS:
+        raise ValueError(f"{LOOP_ENV}={choice!r}: expected one of {', '.join(LOOPS)}")
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: LoopFactory = uvloop.new_event_loop
+    return factory
+
+
+def loop_name(factory: LoopFactory | None) -> str:
+    """``uvloop`` or ``asyncio``: what a factory from ``loop_factory`` makes."""
+    return "asyncio" if factory is None else "uvloop"
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on the chosen loop (the CLI's commands)."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main)
