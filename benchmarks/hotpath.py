@@ -170,6 +170,44 @@ def stage_costs(body_bytes: int, repeat: int = 5, number: int = 5_000) -> list[t
     ]
 
 
+def varied_costs(body_bytes: int, repeat: int = 5, number: int = 50) -> list[tuple[str, float]]:
+    """µs per body of the work no packed or unpacked ingester can skip, on the lean API's
+    64 varied JSON bodies (``nullserver.varied_body``, served in turn): what bounds P1-P3."""
+    import base64
+    import hashlib
+    import timeit
+    import zlib
+
+    import orjson
+
+    from benchmarks.nullserver import BODY_VARIANTS, varied_body
+
+    bodies = [varied_body(body_bytes, seed) for seed in range(BODY_VARIANTS)]
+    stream = zlib.compressobj(1, zlib.DEFLATED, 31)  # one stream over every body, as a pack
+
+    def gzip_1() -> None:
+        for body in bodies:
+            stream.compress(body)
+
+    def parse() -> None:
+        for body in bodies:
+            orjson.loads(body)
+
+    def md5() -> None:
+        for body in bodies:
+            base64.b64encode(hashlib.md5(body).digest())
+
+    steps = [
+        ("gzip level 1 of the body, one stream (a pack's compression)", gzip_1),
+        ("orjson.loads of the body (the JSON check and record count)", parse),
+        ("MD5 of the body, base64 (Content-MD5 of an unpacked PUT)", md5),
+    ]
+    return [
+        (name, min(timeit.repeat(step, number=number, repeat=repeat)) / number / len(bodies) * 1e6)
+        for name, step in steps
+    ]
+
+
 def call_counts(
     invoke: Callable[[str, int], Any], floor: Callable[[str, int], Any], items: int, top: int
 ) -> None:
@@ -244,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     print("| step | µs |\n| --- | --- |")
     for name, micros in stage_costs(args.body_bytes):
         print(f"| {name} | {micros:.1f} |")
+    if args.pack or args.lean:
+        print(f"\nOn the lean API's varied {args.body_bytes}-byte bodies (best of 5):\n")
+        print("| step | µs |\n| --- | --- |")
+        for name, micros in varied_costs(args.body_bytes):
+            print(f"| {name} | {micros:.1f} |")
     if args.stages_only:
         return 0
 
