@@ -275,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also sample the floor and show both by stage, side by side",
     )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of both ours and the floor (default asyncio)",
+    )
     args = parser.parse_args(argv)
     if args.pack and args.lean:
         parser.error("--pack and --lean are two setups: pick one")
@@ -293,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     with _servers(args) as servers:
         os.environ.clear()
         os.environ.update(worker_env(servers.s3_url))
+        os.environ["FANOUT_EVENT_LOOP"] = args.loop  # the handler's loop (ingest_core/loops.py)
         from handler.app import lambda_handler
 
         spec = WorkerSpec(
@@ -315,17 +322,24 @@ def main(argv: list[str] | None = None) -> int:
         def floor(tag: str, count: int) -> Any:
             import asyncio
 
-            from benchmarks.peers import _get_only_item, _lean_item, _lean_pool, _pool, _raw_item
+            from benchmarks.peers import (
+                _get_only_item,
+                _lean_item,
+                _lean_pool,
+                _pool,
+                _raw_item,
+                loop_factory,
+            )
 
             run_id = f"hotpath-{stamp}-floor-{tag}"
             if args.pack:  # fetching alone: what packing is measured against (P1)
-                one = _get_only_item
-                return asyncio.run(_lean_pool(spec, count, lambda s, i: one(s, spec, i)))
-            if args.lean:  # GET + unsigned PUT, nothing else (P3)
-                return asyncio.run(
-                    _lean_pool(spec, count, lambda s, i: _lean_item(s, spec, run_id, i))
-                )
-            return asyncio.run(_pool(spec, count, lambda s, i, o: _raw_item(s, spec, run_id, i, o)))
+                main = _lean_pool(spec, count, lambda s, i: _get_only_item(s, spec, i))
+            elif args.lean:  # GET + unsigned PUT, nothing else (P3)
+                main = _lean_pool(spec, count, lambda s, i: _lean_item(s, spec, run_id, i))
+            else:
+                main = _pool(spec, count, lambda s, i, o: _raw_item(s, spec, run_id, i, o))
+            with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+                return runner.run(main)
 
         invoke("warm1", WARMUP_ITEMS)
         before = _cpu()
