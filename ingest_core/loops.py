@@ -1,12 +1,16 @@
-"""The event loop every run uses: uvloop where it imports, asyncio's own otherwise.
+"""The event loop every run uses: uvloop where it is installed, asyncio's own otherwise.
 
 Measured in round three (docs/PERFORMANCE.md, P4): on uvloop a run spends 3-5 %
 less client CPU per item than on asyncio's loop, in nine of ten interleaved pairs
 on a quiet machine; the floors gain more (13-18 %), since their CPU is mostly the
-loop and transports. The handler and the CLI both run on ``loop_factory()``.
+loop and transports. The handler and the CLI both run on ``loop_factory()``. The
+CLI's install (the ``cli`` extra) brings uvloop; the Lambda package leaves it out
+(17 MB unzipped on arm64, against a 55 MB package budget, for a few percent of a
+Lambda row that costs cents per million items), so there the handler runs on
+asyncio's loop unless the function's build adds uvloop.
 
 ``FANOUT_EVENT_LOOP`` (CONTRACT §8): ``uvloop`` (the default) or ``asyncio``.
-Where uvloop cannot import (Windows, a build without it), asyncio's loop is used.
+Where uvloop cannot be imported, asyncio's loop is used.
 """
 
 from __future__ import annotations
