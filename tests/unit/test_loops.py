@@ -66,8 +66,7 @@ def test_the_handler_runs_on_the_chosen_loop(value: str | None, module: str) -> 
     if value is not None:
         env[LOOP_ENV] = value
     probe = (
-        "import handler.app as app\n"
-        "print(type(app._runner.get_loop()).__module__.split('.')[0])\n"
+        "import handler.app as app\nprint(type(app._runner.get_loop()).__module__.split('.')[0])\n"
     )
 
     # WHEN it imports the handler and looks at its runner's loop
