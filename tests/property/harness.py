@@ -23,6 +23,7 @@ import orjson
 import psutil
 
 from ingest_core import parse_event
+from ingest_core.loops import LOOP_ENV, loop_factory
 from ingest_core.netguard import NetPolicy
 from ingest_core.runtime import execute
 from ingest_core.settings import Settings
@@ -103,7 +104,7 @@ class Run:
 
 
 def run_world(world: World, servers: Servers) -> Run:
-    """Run ``world``'s event through ``runtime.execute`` on a fresh event loop."""
+    """Run ``world``'s event through ``runtime.execute`` on a fresh loop of its kind."""
     job = parse_event(world.event(servers.api_url))
     settings = Settings(
         policy=NetPolicy(allow_private_networks=True),
@@ -125,7 +126,9 @@ def run_world(world: World, servers: Servers) -> Run:
 
     with rss_peak() as peak:
         deadline = time.monotonic() + world.deadline_s
-        result = asyncio.run(ingest(deadline))
+        # The loop the world drew: asyncio's, or uvloop (the CLI's; loops.loop_factory)
+        with asyncio.Runner(loop_factory=loop_factory({LOOP_ENV: world.loop})) as runner:
+            result = runner.run(ingest(deadline))
         returned_at = time.monotonic()
     return Run(result, deadline, returned_at, peak())
 

@@ -1,7 +1,8 @@
 """What the generative test draws, and the reference model of what must come out.
 
 A ``World`` is one example: a configuration (pagination type, totals, parallel
-pages, ``max_pages``, packing, sink, concurrency, memory budget, deadline) and a
+pages, ``max_pages``, packing, sink, concurrency, memory budget, deadline,
+``adaptive``, the event loop) and a
 fault schedule (API faults per item and page, S3 faults per operation). The model
 answers, per item, how many pages the API serves for it, whether it must fail, and
 which failure kinds are acceptable; the test compares the run against that.
@@ -131,6 +132,8 @@ class World:
     pack_target_mb: int | None = None  # options.pack.target_mb; None = the default
     stop_after_s: float | None = None  # a stop (Ctrl-C) this long after the start
     disk_fault: bool = False  # local sink: the first object's path is a folder
+    loop: str = "asyncio"  # the event loop: "asyncio" or "uvloop" (the CLI's, ingest_core/loops.py)
+    adaptive: bool = True  # options.adaptive
 
     @property
     def items(self) -> int:
@@ -196,6 +199,7 @@ class World:
             "deadline_margin_s": MARGIN_S,
             "connect_timeout_s": 5,
             "read_timeout_s": 10,
+            "adaptive": self.adaptive,
         }
         if self.pack is not None:
             compression = "gzip" if self.gzip else "none"
@@ -298,6 +302,8 @@ def worlds(draw: st.DrawFn) -> World:
         max_attempts=draw(st.integers(2, 4)),
         # Mostly small records; sometimes pages of ~0.25-1 MB to press on the budget.
         pad=draw(st.sampled_from([0, 0, 0, 2_000, 60_000, 250_000])),
+        loop=draw(st.sampled_from(["asyncio", "uvloop"])),
+        adaptive=draw(st.booleans()),
     )
     # Finding 5 (packed paginated chains of ~750 KB pages deadlocked on the budget) was
     # fixed by packing/staging.py: such worlds are drawn again.
