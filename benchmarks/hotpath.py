@@ -39,6 +39,7 @@ from typing import Any
 from benchmarks.floors import BUCKET, PACK, _null, lean_api
 from benchmarks.peers import LocalContext, WorkerSpec, fanout_event, worker_env
 from benchmarks.servers import HOST, ApiOptions, Servers, _stop, free_port, start_servers
+from ingest_core.loops import LOOPS
 
 WARMUP_ITEMS = 200
 
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--loop",
-        choices=("asyncio", "uvloop"),
+        choices=LOOPS,
         default="asyncio",
         help="the event loop of both ours and the floor (default asyncio)",
     )
