@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import SMALL_BODY_BYTES, Bench
+from benchmarks.report import Section, Table, Verdict
 from benchmarks.servers import HOST, Servers, _launch, _stop, free_port, start_servers
 
 BUCKET = "bench-raw"
@@ -48,20 +49,9 @@ def _null(port: int, log: Path) -> Any:
 
 
 @contextlib.contextmanager
-def lean_api(log_dir: Path) -> Iterator[str]:
-    """The lean static API alone (one null server process); yields its URL."""
-    port = free_port()
-    proc = _null(port, log_dir / "null-api.log")
-    try:
-        yield f"http://{HOST}:{port}/v1/data"
-    finally:
-        _stop(proc)
-
-
-@contextlib.contextmanager
-def lean_servers(bench: Bench, name: str, *, packs: bool) -> Iterator[Lean]:
-    """A null API and a null sink in two processes; with ``packs``, the aiohttp S3 sink too."""
-    logs = bench.log_dir / f"servers-{name}"
+def lean_servers(logs: Path, *, packs: bool, s3: str = "sink") -> Iterator[Lean]:
+    """A null API and a null sink in two processes, logging under ``logs``; with
+    ``packs``, an S3 for the packs too (``s3``: as ``start_servers`` takes it)."""
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
@@ -73,7 +63,7 @@ def lean_servers(bench: Bench, name: str, *, packs: bool) -> Iterator[Lean]:
             api_url, f"http://{HOST}:{sink_port}", "null", BUCKET, procs[0].pid, procs[1].pid, logs
         )
         with (
-            start_servers(s3="sink", bucket=BUCKET, log_dir=logs / "s3")
+            start_servers(s3=s3, bucket=BUCKET, log_dir=logs / "s3")
             if packs
             else contextlib.nullcontext()
         ) as s3:
@@ -143,3 +133,29 @@ def pairs_text(median: float | None, pairs: list[float]) -> str:
     if median is None:
         return "no pair ran cleanly"
     return f"{median:.2f}x (median of {len(pairs)} pairs: {min(pairs):.2f}-{max(pairs):.2f})"
+
+
+def section(
+    bench: Bench,
+    name: str,
+    title: str,
+    records: dict[str, list[dict[str, Any]]],
+    *,
+    setup: str,
+    ratios: str,
+    table: Table,
+    verdicts: list[Verdict],
+) -> Section:
+    """A round-three scenario's part of RESULTS.md: its sizes, one table, its verdicts."""
+    items = bench.size(full=ITEMS, quick=QUICK_ITEMS)
+    repeats = len(next(iter(records.values()), []))
+    out = Section(
+        name,
+        title,
+        f"{items} items of 9,000 bytes (varied JSON) per run at c={CONCURRENCY}; {setup}"
+        f"series interleaved, {repeats} repeats; ratios are {ratios}.",
+    )
+    out.tables.append(table)
+    out.verdicts += verdicts
+    out.raw = {"runs": dict(records)}
+    return out

@@ -27,18 +27,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import resource
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from benchmarks.floors import BUCKET, PACK, _null, lean_api
+from benchmarks.floors import PACK, lean_servers
 from benchmarks.peers import LocalContext, WorkerSpec, fanout_event, worker_env
-from benchmarks.servers import HOST, ApiOptions, Servers, _stop, free_port, start_servers
+from benchmarks.servers import ApiOptions, Servers, start_servers
 from ingest_core.loops import LOOPS
 
 WARMUP_ITEMS = 200
@@ -416,33 +417,18 @@ def _scaled_stages(frames: dict[str, float], cpu_us: float) -> dict[str, float]:
 
 @contextlib.contextmanager
 def _servers(args: argparse.Namespace) -> Iterator[Servers]:
-    """The setup ``args`` asks for: the fake API and S3, or the lean API (and null sink)."""
-    with start_servers(
-        api=None if (args.pack or args.lean) else ApiOptions(body_bytes=args.body_bytes),
-        s3="sink" if args.lean else args.s3,
-    ) as servers:
-        if not args.lean:
-            with (
-                lean_api(servers.log_dir)
-                if args.pack
-                else contextlib.nullcontext(servers.api_url) as api
-            ):
-                yield dataclasses.replace(servers, api_url=api)
-            return
-        procs = []
-        try:
-            api_port, sink_port = free_port(), free_port()
-            procs.append(_null(api_port, servers.log_dir / "null-api.log"))
-            procs.append(_null(sink_port, servers.log_dir / "null-sink.log"))
-            yield dataclasses.replace(
-                servers,
-                api_url=f"http://{HOST}:{api_port}/v1/data",
-                s3_url=f"http://{HOST}:{sink_port}",
-                bucket=BUCKET,
-            )
-        finally:
-            for proc in reversed(procs):
-                _stop(proc)
+    """The setup ``args`` asks for: the fake API and S3, or the lean servers (floors.py)."""
+    if not (args.pack or args.lean):
+        with start_servers(api=ApiOptions(body_bytes=args.body_bytes), s3=args.s3) as servers:
+            yield servers
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="hotpath-") as logs,
+        lean_servers(Path(logs), packs=args.pack, s3=args.s3) as lean,
+    ):
+        servers = lean.packs if args.pack else lean.null
+        assert servers is not None
+        yield servers
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def main() -> None:
     )
     try:
         _wait_listening(nginx, port, log)
-        with lean_servers(bench, "nginx-check", packs=False) as lean:
+        with lean_servers(bench.log_dir / "servers-nginx-check", packs=False) as lean:
             ngx = dataclasses.replace(
                 lean.null, s3_url=f"http://{HOST}:{port}", s3_kind="nginx", s3_pid=None
             )

@@ -1,9 +1,9 @@
 """The event loop every run uses: uvloop where it is installed, asyncio's own otherwise.
 
-Measured in round three (docs/PERFORMANCE.md, P4): on uvloop a run spends 3-5 %
-less client CPU per item than on asyncio's loop, in nine of ten interleaved pairs
-on a quiet machine; the floors gain more (13-18 %), since their CPU is mostly the
-loop and transports. The handler and the CLI both run on ``loop_factory()``. The
+Measured in round three (docs/PERFORMANCE.md, P4): on uvloop a run spends 1-5 %
+less client CPU per item than on asyncio's loop (two quiet runs of interleaved pairs,
+below 1.0 in 17 of 20); the floors gain more (13-18 %), since their CPU is mostly
+the loop and transports. The handler and the CLI both run on ``loop_factory()``. The
 CLI's install (the ``cli`` extra) brings uvloop; the Lambda package leaves it out
 (17 MB unzipped on arm64, against a 55 MB package budget, for a few percent of a
 Lambda row that costs cents per million items), so there the handler runs on
@@ -44,11 +44,6 @@ def loop_factory(env: Mapping[str, str] | None = None) -> LoopFactory | None:
         return None
     factory: LoopFactory = uvloop.new_event_loop
     return factory
-
-
-def loop_name(factory: LoopFactory | None) -> str:
-    """``uvloop`` or ``asyncio``: what a factory from ``loop_factory`` makes."""
-    return "asyncio" if factory is None else "uvloop"
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

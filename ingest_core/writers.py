@@ -237,8 +237,7 @@ class S3Writer:
     async def put(self, key: str, data: bytes | memoryview, meta: ObjectMeta) -> None:
         if self.lean:
             try:
-                payload = _Payload.of_bytes(data)  # the retry loop called here: a frame less
-                await s3_retry().call(lambda: self._lean_put_once(key, payload, meta))
+                await self._lean_put(key, _Payload.of_bytes(data), meta)
                 return
             except _WrongRegion:
                 self.lean = False  # let botocore's redirector find the bucket's region

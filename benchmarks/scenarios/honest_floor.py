@@ -16,15 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.floors import (
-    CONCURRENCY,
-    ITEMS,
-    QUICK_ITEMS,
     Series,
     lean_servers,
     loops,
     pair_ratios,
     pairs_text,
     run_interleaved,
+    section,
 )
 from benchmarks.measure import SMALL_BODY_BYTES, Bench, status_cell, summarize
 from benchmarks.report import Section, Table, Verdict
@@ -41,7 +39,7 @@ OURS_OLD = "ours unpacked, old servers"
 def run(bench: Bench) -> Section:
     """The lean floor and ours on both loops; the old floor and servers beside them."""
     with (
-        lean_servers(bench, "honest-floor", packs=False) as lean,
+        lean_servers(bench.log_dir / "servers-honest-floor", packs=False) as lean,
         start_servers(
             api=ApiOptions(body_bytes=SMALL_BODY_BYTES),
             s3="sink",
@@ -62,18 +60,16 @@ def run(bench: Bench) -> Section:
             Series(OURS_OLD, "fanout_ingest", old),
         ]
         records = run_interleaved(bench, series)
-    items = bench.size(full=ITEMS, quick=QUICK_ITEMS)
-    section = Section(
+    return section(
+        bench,
         "honest_floor",
         "Unpacked against an honest floor (P3, issue 21)",
-        f"{items} items of 9,000 bytes (varied JSON) per run at c={CONCURRENCY}; series "
-        f"interleaved, {len(records[series[0].label])} repeats; ratios are medians of the "
-        f"per-repeat pairs, each loop against its own floor.",
+        records,
+        setup="",
+        ratios="medians of the per-repeat pairs, each loop against its own floor",
+        table=_table(records),
+        verdicts=_verdicts(records),
     )
-    section.tables.append(_table(records))
-    section.verdicts += _verdicts(records)
-    section.raw = {"runs": dict(records)}
-    return section
 
 
 def _reference(label: str) -> str:

@@ -13,16 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.floors import (
-    CONCURRENCY,
-    ITEMS,
     PACK,
-    QUICK_ITEMS,
     Series,
     lean_servers,
     loops,
     pair_ratios,
     pairs_text,
     run_interleaved,
+    section,
 )
 from benchmarks.measure import Bench, status_cell, summarize
 from benchmarks.report import Section, Table, Verdict
@@ -38,7 +36,7 @@ LEAN = "lean floor"
 
 def run(bench: Bench) -> Section:
     """GET-only, packed and the unpacked lean floor, interleaved, on each loop."""
-    with lean_servers(bench, "packed-vs-get", packs=True) as lean:
+    with lean_servers(bench.log_dir / "servers-packed-vs-get", packs=True) as lean:
         assert lean.packs is not None
         series = [
             s
@@ -57,18 +55,16 @@ def run(bench: Bench) -> Section:
             )
         ]
         records = run_interleaved(bench, series)
-    items = bench.size(full=ITEMS, quick=QUICK_ITEMS)
-    section = Section(
+    return section(
+        bench,
         "packed_vs_get",
         "Packed against fetching alone (P1, P2, issue 21)",
-        f"{items} items of 9,000 bytes (varied JSON) per run at c={CONCURRENCY}; pack "
-        f"{PACK}; series interleaved, {len(records[series[0].label])} repeats; ratios are "
-        f"medians of the per-repeat pairs on the same loop.",
+        records,
+        setup=f"pack {PACK}; ",
+        ratios="medians of the per-repeat pairs on the same loop",
+        table=_table(records),
+        verdicts=_verdicts(records),
     )
-    section.tables.append(_table(records))
-    section.verdicts += _verdicts(records)
-    section.raw = {"runs": dict(records)}
-    return section
 
 
 def _table(records: dict[str, list[dict[str, Any]]]) -> Table:
